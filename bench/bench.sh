@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# roomcast benchmark, one command: bash bench/bench.sh [--quick]
+#
+# Starts its own redis-server and roomcast-edge nodes (release builds) on
+# 127.0.0.1, runs the standard scenarios with roomcast-loadgen on the same
+# machine, samples each server's CPU time and RSS from /proc, and prints a
+# table (plus bench/results/latest.jsonl with every loadgen report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=${1:-}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q -p roomcast-edge -p roomcast-loadgen
+edge=target/release/roomcast-edge
+loadgen=target/release/roomcast-loadgen
+results=bench/results
+mkdir -p "$results"
+: > "$results/latest.jsonl"
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+cpu_sum() { local s=0; for p in "$@"; do s=$(echo "$s + $(cpu_of "$p")" | bc -l); done; echo "$s"; }
+json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --appendonly yes --appendfsync everysec \
+  --save "" --loglevel warning > "$tmp/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+
+# Starts an edge; its pid in $started. (Not `$(start_edge)`: a command
+# substitution waits for every process holding its stdout, the edge included.)
+start_edge() { # port node-id
+  REDIS_URL="redis://127.0.0.1:$redis_port/0" NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production \
+  ROOMCAST__WEBSOCKET__RATE_PER_SEC=100000 ROOMCAST__WEBSOCKET__RATE_BURST=100000 \
+  ROOMCAST__SERVER__MAX_CONNECTIONS=200000 RUST_LOG=warn "$edge" > "$tmp/$2.log" 2>&1 &
+  started=$!
+  pids+=("$started")
+}
+wait_ready() { until curl -sf "http://127.0.0.1:$1/ready" >/dev/null; do sleep 0.1; done; }
+
+p1=$(free_port); p2=$(free_port); p3=$(free_port)
+start_edge "$p1" bench-1; e1=$started
+start_edge "$p2" bench-2; e2=$started
+wait_ready "$p1"; wait_ready "$p2"
+urls="http://127.0.0.1:$p1,http://127.0.0.1:$p2"
+
+if [ "$quick" = "--quick" ]; then members=200; rate=50; secs=5; idle=2000; churn_c=200; churn_r=50
+else members=1000; rate=100; secs=10; idle=10000; churn_c=1000; churn_r=200; fi
+
+echo "== fanout: 1 room x $members members over 2 nodes, 1 publisher at $rate msg/s, ${secs}s"
+# Server CPU is sampled over the publishing window only (joins and the
+# teardown announce presence to the whole room, which is not fan-out).
+"$loadgen" fanout --urls "$urls" --auto --rooms 1 --members "$members" --publishers 1 --rate "$rate" \
+  --duration "$secs" --drain 1 --ready-file "$tmp/fan-ready" --done-file "$tmp/fan-done" > "$tmp/fanout.txt" &
+lg=$!
+while [ ! -f "$tmp/fan-ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+c_edges=$(cpu_sum "$e1" "$e2"); c_redis=$(cpu_of "$redis_pid")
+while [ ! -f "$tmp/fan-done" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+d_edges=$(echo "$(cpu_sum "$e1" "$e2") - $c_edges" | bc -l); d_redis=$(echo "$(cpu_of "$redis_pid") - $c_redis" | bc -l)
+wait "$lg" || true
+cat "$tmp/fanout.txt"
+fan=$(tail -1 "$tmp/fanout.txt"); echo "$fan" >> "$results/latest.jsonl"
+delivered=$(json "$fan" deliveries_received)
+per_million_edges=$(echo "$d_edges * 1000000 / $delivered" | bc -l)
+per_million_redis=$(echo "$d_redis * 1000000 / $delivered" | bc -l)
+
+echo "== idle: $idle connections on one node"
+start_edge "$p3" bench-3; e3=$started; wait_ready "$p3"
+sleep 1
+rss0=$(rss_kib "$e3")
+"$loadgen" idle --urls "http://127.0.0.1:$p3" --auto --connections "$idle" --room-size 10 --hold 4 \
+  --ready-file "$tmp/ready" > "$tmp/idle.txt" &
+lg=$!
+while [ ! -f "$tmp/ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.1; done
+sleep 2
+rss1=$(rss_kib "$e3")
+wait "$lg" || true
+cat "$tmp/idle.txt"
+idl=$(tail -1 "$tmp/idle.txt"); echo "$idl" >> "$results/latest.jsonl"
+per_conn=$(echo "($rss1 - $rss0) * 1024 / $idle" | bc -l)
+
+echo "== churn: $churn_c connections over 2 nodes, ~$churn_r connects/s, ${secs}s, with traffic"
+"$loadgen" churn --urls "$urls" --auto --connections "$churn_c" --rate "$churn_r" --duration "$secs" --msg-rate 50 \
+  | tee "$tmp/churn.txt"
+chn=$(tail -1 "$tmp/churn.txt"); echo "$chn" >> "$results/latest.jsonl"
+
+cat <<TABLE
+
+| metric | value |
+|---|---|
+| fan-out: delivered messages/s (1 room x $members, 2 nodes) | $(json "$fan" deliveries_per_second) |
+| fan-out: lost / duplicated / out of order | $(json "$fan" lost) / $(json "$fan" duplicated) / $(json "$fan" out_of_order) |
+| fan-out latency p50 / p90 / p99 / p99.9 / max (ms) | $(json "$fan" latency_p50_ms) / $(json "$fan" latency_p90_ms) / $(json "$fan" latency_p99_ms) / $(json "$fan" latency_p999_ms) / $(json "$fan" latency_max_ms) |
+| edge CPU-seconds per million deliveries | $(printf %.3f "$per_million_edges") |
+| redis CPU-seconds per million deliveries | $(printf %.3f "$per_million_redis") |
+| load generator CPU during fan-out (cores) | $(json "$fan" loadgen_cpu_cores) |
+| idle: RSS per connection ($idle on one node) | $(printf %.0f "$per_conn") bytes |
+| idle: connects/s, handshake p50 / p99 (ms) | $(json "$idl" connects_per_second), $(json "$idl" handshake_p50_ms) / $(json "$idl" handshake_p99_ms) |
+| churn: connects/s achieved (target $churn_r), handshake p99 (ms), failures | $(json "$chn" connects_per_second), $(json "$chn" handshake_p99_ms), $(json "$chn" failures) |
+TABLE
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"

@@ -1,0 +1,163 @@
+//! Publishing to a room's members on every node.
+//!
+//! A chat message is stored and published in one step
+//! ([`Broker::publish_message`]): it gets the room's next offset, goes into
+//! the history, and goes out to every node serving the room, or none of it
+//! happens. Ephemeral frames (typing, joined, left) are published without
+//! being stored ([`Broker::publish_event`]).
+//!
+//! A node receives a room's publishes only while it is subscribed; the edge
+//! subscribes when the hub reports a room's first local member and
+//! unsubscribes when it reports the last one gone.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
+
+use crate::BackendError;
+use crate::envelope::Envelope;
+use crate::history::MemoryHistory;
+use crate::hub::Hub;
+
+/// A message as the sender gave it, before it has an id and an offset.
+#[derive(Debug, Clone)]
+pub struct MessageDraft {
+    pub room: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub content: String,
+    pub client_id: Option<String>,
+    /// W3C `traceparent` of the publish span, carried to every node.
+    pub trace: Option<String>,
+}
+
+impl MessageDraft {
+    /// The stored message this draft becomes at `offset`.
+    pub fn into_message(self, id: String, offset: u64, timestamp: Timestamp) -> MessageFrame {
+        MessageFrame {
+            id,
+            user_id: self.user_id,
+            username: self.username,
+            content: self.content,
+            timestamp,
+            room_id: self.room,
+            offset,
+            client_id: self.client_id,
+        }
+    }
+}
+
+/// A fresh message id.
+pub fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Fan-out across nodes.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// `memory` or `redis`, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Stores the message under the room's next offset and publishes it to
+    /// every node serving the room, atomically. On error nothing was stored
+    /// and nothing was delivered.
+    async fn publish_message(&self, draft: MessageDraft) -> Result<MessageFrame, BackendError>;
+
+    /// Publishes an already-encoded ephemeral frame to every node serving the
+    /// room, skipping `exclude_user`'s connections.
+    async fn publish_event(
+        &self,
+        room: &RoomId,
+        frame: Bytes,
+        exclude_user: Option<UserId>,
+    ) -> Result<(), BackendError>;
+
+    /// Starts receiving `room`'s publishes on this node.
+    async fn subscribe(&self, room: &RoomId) -> Result<(), BackendError>;
+
+    /// Stops receiving `room`'s publishes (the node has no member left).
+    async fn unsubscribe(&self, room: &RoomId) -> Result<(), BackendError>;
+
+    /// Whether publishing and receiving work right now (for `/ready`).
+    fn is_healthy(&self) -> bool;
+}
+
+/// The embedded broker: this process is the whole cluster, so publishing is
+/// storing and handing the frame to the local hub.
+#[derive(Debug)]
+pub struct MemoryBroker {
+    history: Arc<MemoryHistory>,
+    hub: Arc<Hub>,
+    node: Arc<str>,
+}
+
+impl MemoryBroker {
+    pub fn new(history: Arc<MemoryHistory>, hub: Arc<Hub>, node: &str) -> Self {
+        Self {
+            history,
+            hub,
+            node: node.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish_message(&self, draft: MessageDraft) -> Result<MessageFrame, BackendError> {
+        let room = draft.room.clone();
+        let now = Timestamp::now();
+        let id = new_message_id();
+        let trace: Option<Arc<str>> = draft.trace.as_deref().map(Into::into);
+        // Delivery runs inside the room's history lock, so two concurrent
+        // publishes reach every member in offset order.
+        Ok(self.history.append(
+            &room,
+            |offset| draft.into_message(id, offset, now),
+            |msg| {
+                self.hub.deliver(&Envelope {
+                    room: room.clone(),
+                    frame: Bytes::from(msg.to_frame_json()),
+                    offset: msg.offset,
+                    exclude_user: None,
+                    origin_node: self.node.clone(),
+                    published_at: now,
+                    trace: trace.clone(),
+                });
+            },
+        ))
+    }
+
+    async fn publish_event(
+        &self,
+        room: &RoomId,
+        frame: Bytes,
+        exclude_user: Option<UserId>,
+    ) -> Result<(), BackendError> {
+        self.hub.deliver(&Envelope::event(
+            room.clone(),
+            frame,
+            exclude_user,
+            self.node.clone(),
+        ));
+        Ok(())
+    }
+
+    async fn subscribe(&self, _room: &RoomId) -> Result<(), BackendError> {
+        // The hub's member list is this node's subscription.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _room: &RoomId) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}

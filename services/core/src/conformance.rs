@@ -1,0 +1,361 @@
+//! The behavioural suite every backend must pass, run against the in-memory
+//! backend here and against Redis in `roomcast-redis`.
+//!
+//! Each check builds a fresh backend through the caller's factory and uses
+//! fresh random room ids, so checks do not see each other's data.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomcast_protocol::{MessageFrame, PresenceUser, RoomId, UserId};
+use tokio::sync::mpsc;
+
+use crate::Backend;
+use crate::broker::MessageDraft;
+use crate::history::{HistoryQuery, Since};
+use crate::hub::{ConnId, Hub, Member, Outbound};
+
+/// Builds a backend delivering into the given hub, keeping the given number
+/// of messages of history per room.
+pub type MakeBackend =
+    dyn Fn(Arc<Hub>, usize) -> Pin<Box<dyn Future<Output = Backend> + Send>> + Send + Sync;
+
+/// Runs every check.
+pub async fn run_all(make: &MakeBackend) {
+    directory(make).await;
+    admission(make).await;
+    offsets_are_contiguous_and_delivered_in_order(make).await;
+    history_queries(make).await;
+    events_skip_the_excluded_user_and_stay_in_their_room(make).await;
+    presence_counts_connections(make).await;
+}
+
+fn room() -> RoomId {
+    RoomId::random()
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+fn draft(room: &RoomId, content: &str) -> MessageDraft {
+    MessageDraft {
+        room: room.clone(),
+        user_id: user("sender"),
+        username: "Sender".into(),
+        content: content.into(),
+        client_id: Some(format!("c-{content}")),
+        trace: None,
+    }
+}
+
+/// Joins a local member and subscribes the room, as the edge does.
+async fn member(
+    hub: &Hub,
+    backend: &Backend,
+    room: &RoomId,
+    conn: ConnId,
+    user_id: &str,
+) -> mpsc::Receiver<Outbound> {
+    let (tx, rx) = mpsc::channel(1024);
+    hub.join(
+        room,
+        Member {
+            conn,
+            user: user(user_id),
+            tx,
+            ctl: Arc::default(),
+        },
+    );
+    backend.broker.subscribe(room).await.expect("subscribe");
+    rx
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> Outbound {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("queue open")
+}
+
+async fn nothing_more(rx: &mut mpsc::Receiver<Outbound>) {
+    // `Ok(None)`: the queue closed (its member left), so nothing can arrive.
+    let got = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+    assert!(
+        matches!(got, Err(_) | Ok(None)),
+        "unexpected delivery: {got:?}"
+    );
+}
+
+async fn directory(make: &MakeBackend) {
+    let b = make(Arc::default(), 10).await;
+    let alice = b.store.create_user("alice").await.unwrap();
+    assert_eq!(
+        b.store.get_user(&alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
+    let again = b.store.ensure_user(&alice.id, "other name").await.unwrap();
+    assert_eq!(again, alice, "ensure keeps an existing user as it is");
+    let auto = UserId::random();
+    let made = b.store.ensure_user(&auto, "auto").await.unwrap();
+    assert_eq!((made.id.clone(), made.username.as_str()), (auto, "auto"));
+    assert_eq!(b.store.get_user(&UserId::random()).await.unwrap(), None);
+    let users = b.store.list_users().await.unwrap();
+    assert!(users.contains(&alice) && users.contains(&made));
+
+    let r = b.store.create_room("general").await.unwrap();
+    assert_eq!(b.store.get_room(&r.id).await.unwrap(), Some(r.clone()));
+    let auto_room = RoomId::random();
+    let ar = b.store.ensure_room(&auto_room).await.unwrap();
+    assert_eq!(ar.name, auto_room.as_str());
+    assert!(b.store.list_rooms().await.unwrap().contains(&r));
+    assert!(!b.store.is_member(&r.id, &alice.id).await.unwrap());
+    b.store.add_member(&r.id, &alice.id).await.unwrap();
+    assert!(b.store.is_member(&r.id, &alice.id).await.unwrap());
+}
+
+async fn admission(make: &MakeBackend) {
+    use crate::store::{AdmitPolicy, Admitted};
+    let b = make(Arc::default(), 10).await;
+    let (r, u) = (room(), UserId::random());
+    let strict = AdmitPolicy::default();
+    assert_eq!(
+        b.store.admit(&r, &u, &strict).await.unwrap(),
+        Admitted::NoRoom
+    );
+    assert_eq!(b.store.get_room(&r).await.unwrap(), None, "nothing created");
+    let rooms_only = AdmitPolicy {
+        create_room: true,
+        create_user_as: None,
+    };
+    assert_eq!(
+        b.store.admit(&r, &u, &rooms_only).await.unwrap(),
+        Admitted::NoUser
+    );
+    assert_eq!(
+        b.store.get_room(&r).await.unwrap().unwrap().name,
+        r.as_str(),
+        "the room was created"
+    );
+    assert!(!b.store.is_member(&r, &u).await.unwrap());
+    let both = AdmitPolicy {
+        create_room: true,
+        create_user_as: Some("Newbie".into()),
+    };
+    let Admitted::Member(user) = b.store.admit(&r, &u, &both).await.unwrap() else {
+        panic!("admitted")
+    };
+    assert_eq!(
+        (user.id.clone(), user.username.as_str()),
+        (u.clone(), "Newbie")
+    );
+    assert!(b.store.is_member(&r, &u).await.unwrap());
+    let renamed = AdmitPolicy {
+        create_room: false,
+        create_user_as: Some("Other".into()),
+    };
+    assert_eq!(
+        b.store.admit(&r, &u, &renamed).await.unwrap(),
+        Admitted::Member(user),
+        "existing users keep their name"
+    );
+
+    let pu = |id: &UserId, name: &str| PresenceUser {
+        user_id: id.clone(),
+        username: name.into(),
+    };
+    let (first, users) = b.presence.join(&r, &pu(&u, "Newbie"), "n/9").await.unwrap();
+    assert!(first);
+    assert_eq!(users, [pu(&u, "Newbie")]);
+    let (first, users) = b
+        .presence
+        .join(&r, &pu(&u, "Newbie"), "n/10")
+        .await
+        .unwrap();
+    assert!(!first && users.len() == 1, "a second tab");
+}
+
+async fn offsets_are_contiguous_and_delivered_in_order(make: &MakeBackend) {
+    let hub = Arc::new(Hub::default());
+    let b = make(hub.clone(), 100).await;
+    let r = room();
+    let mut rx = member(&hub, &b, &r, 1, "reader").await;
+    let publishes = (0..20).map(|i| {
+        let b = b.clone();
+        let d = draft(&r, &i.to_string());
+        tokio::spawn(async move { b.broker.publish_message(d).await.unwrap() })
+    });
+    let mut offsets = Vec::new();
+    for p in publishes {
+        offsets.push(p.await.unwrap().offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
+    for expected in 1..=20u64 {
+        let out = recv(&mut rx).await;
+        assert_eq!(out.offset, expected, "delivered in offset order");
+        let v: serde_json::Value = serde_json::from_slice(&out.frame).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["offset"], expected);
+        assert_eq!(v["room_id"], r.as_str());
+        let content = v["content"].as_str().unwrap();
+        assert_eq!(v["client_id"], format!("c-{content}"));
+    }
+    nothing_more(&mut rx).await;
+    assert_eq!(b.history.position(&r).await.unwrap().offset, 20);
+}
+
+async fn history_queries(make: &MakeBackend) {
+    let b = make(Arc::default(), 5).await;
+    let r = room();
+    let empty = b.history.position(&r).await.unwrap();
+    assert_eq!(empty.offset, 0);
+    let q = |since, limit| HistoryQuery { since, limit };
+    let page = b
+        .history
+        .read(&r, q(Some(Since::Offset(0)), 50))
+        .await
+        .unwrap();
+    assert!(page.complete && page.messages.is_empty());
+
+    let mut sent: Vec<MessageFrame> = Vec::new();
+    for i in 1..=8 {
+        sent.push(
+            b.broker
+                .publish_message(draft(&r, &format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+        // Distinct timestamps for the time-based query.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let offsets = |p: &crate::history::HistoryPage| -> Vec<u64> {
+        p.messages.iter().map(|m| m.offset).collect()
+    };
+    let latest = b.history.read(&r, q(None, 50)).await.unwrap();
+    assert_eq!(offsets(&latest), [4, 5, 6, 7, 8], "only 5 retained");
+    assert_eq!(latest.messages[4], sent[7], "stored as published");
+    assert_eq!(latest.position.offset, 8);
+    assert_eq!(latest.position.epoch, empty.epoch, "epoch is stable");
+    assert_eq!(
+        offsets(&b.history.read(&r, q(None, 2)).await.unwrap()),
+        [7, 8]
+    );
+
+    let after5 = b
+        .history
+        .read(&r, q(Some(Since::Offset(5)), 50))
+        .await
+        .unwrap();
+    assert_eq!((offsets(&after5), after5.complete), (vec![6, 7, 8], true));
+    let first2 = b
+        .history
+        .read(&r, q(Some(Since::Offset(3)), 2))
+        .await
+        .unwrap();
+    assert_eq!((offsets(&first2), first2.complete), (vec![4, 5], true));
+    let trimmed = b
+        .history
+        .read(&r, q(Some(Since::Offset(1)), 50))
+        .await
+        .unwrap();
+    assert_eq!(
+        (offsets(&trimmed), trimmed.complete),
+        (vec![4, 5, 6, 7, 8], false)
+    );
+    let head = b
+        .history
+        .read(&r, q(Some(Since::Offset(8)), 50))
+        .await
+        .unwrap();
+    assert!(head.complete && head.messages.is_empty());
+    let future = b
+        .history
+        .read(&r, q(Some(Since::Offset(99)), 50))
+        .await
+        .unwrap();
+    assert!(!future.complete && future.messages.is_empty());
+
+    let t6 = sent[5].timestamp;
+    let by_time = b
+        .history
+        .read(&r, q(Some(Since::Time(t6)), 50))
+        .await
+        .unwrap();
+    assert_eq!(offsets(&by_time), [7, 8], "since a timestamp is exclusive");
+}
+
+async fn events_skip_the_excluded_user_and_stay_in_their_room(make: &MakeBackend) {
+    let hub = Arc::new(Hub::default());
+    let b = make(hub.clone(), 10).await;
+    let (r, other) = (room(), room());
+    let mut ra = member(&hub, &b, &r, 1, "a").await;
+    let mut rb = member(&hub, &b, &r, 2, "b").await;
+    let mut rc = member(&hub, &b, &other, 3, "c").await;
+    b.broker
+        .publish_event(
+            &r,
+            bytes::Bytes::from_static(b"{\"type\":\"typing\"}"),
+            Some(user("a")),
+        )
+        .await
+        .unwrap();
+    let got = recv(&mut rb).await;
+    assert_eq!(
+        (&got.frame[..], got.offset),
+        (&b"{\"type\":\"typing\"}"[..], 0)
+    );
+    nothing_more(&mut ra).await;
+    nothing_more(&mut rc).await;
+
+    // After the last local member leaves, the node unsubscribes, and the
+    // room goes on without it.
+    assert!(!hub.leave(&r, 1));
+    assert!(hub.leave(&r, 2));
+    b.broker.unsubscribe(&r).await.unwrap();
+    b.broker.publish_message(draft(&r, "after")).await.unwrap();
+    nothing_more(&mut rb).await;
+    let mut rb2 = member(&hub, &b, &r, 4, "b").await;
+    b.broker.publish_message(draft(&r, "back")).await.unwrap();
+    assert_eq!(recv(&mut rb2).await.offset, 2, "resubscribed");
+}
+
+async fn presence_counts_connections(make: &MakeBackend) {
+    let b = make(Arc::default(), 10).await;
+    let r = room();
+    let pu = |id: &str| PresenceUser {
+        user_id: user(id),
+        username: id.to_uppercase(),
+    };
+    assert!(b.presence.add(&r, &pu("u1"), "n/1").await.unwrap());
+    assert!(
+        !b.presence.add(&r, &pu("u1"), "n/2").await.unwrap(),
+        "second tab"
+    );
+    assert!(b.presence.add(&r, &pu("u2"), "m/1").await.unwrap());
+    assert_eq!(b.presence.list(&r).await.unwrap(), [pu("u1"), pu("u2")]);
+    assert!(!b.presence.remove(&r, &user("u1"), "n/1").await.unwrap());
+    assert!(
+        b.presence.remove(&r, &user("u1"), "n/2").await.unwrap(),
+        "last tab"
+    );
+    assert!(
+        !b.presence.remove(&r, &user("u1"), "n/2").await.unwrap(),
+        "only once"
+    );
+    assert_eq!(b.presence.list(&r).await.unwrap(), [pu("u2")]);
+    assert!(b.presence.list(&room()).await.unwrap().is_empty());
+}
+
+#[cfg(test)]
+mod memory {
+    #[tokio::test]
+    async fn memory_backend_passes_the_suite() {
+        super::run_all(&|hub, len| {
+            Box::pin(async move { crate::Backend::memory(hub, "node-test", len) })
+        })
+        .await;
+    }
+}

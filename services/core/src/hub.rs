@@ -1,0 +1,352 @@
+//! This node's rooms and the local connections in each.
+//!
+//! The hub is where fan-out happens on a node: given an [`Envelope`], it
+//! pushes the same `Bytes` into the bounded outbound queue of every local
+//! member of the room. It never awaits: a full queue means that connection's
+//! consumer is too slow, so the connection is told to close
+//! ([`KillReason::SlowConsumer`]) instead of the hub waiting for it or
+//! letting memory grow. One slow client never delays the others.
+//!
+//! Locking: member lists live in [`Sharded`] `RwLock`s. Delivery takes a
+//! read lock (deliveries to rooms of one shard run in parallel); join and
+//! leave take a write lock. No lock is ever held across an `.await`: every
+//! operation here is synchronous (`try_send` on a bounded channel), which is
+//! why the hub can use blocking locks safely inside async tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use roomcast_protocol::{RoomId, Timestamp, UserId};
+use tokio::sync::{Notify, mpsc};
+
+use crate::envelope::Envelope;
+use crate::shard::Sharded;
+
+/// A connection's id, unique on this node.
+pub type ConnId = u64;
+
+/// One frame queued for one connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// JSON text, shared with every other recipient.
+    pub frame: Bytes,
+    /// The message's offset, 0 for events. Lets a recovering connection skip
+    /// what it already replayed from history.
+    pub offset: u64,
+    pub published_at: Timestamp,
+}
+
+/// Why the hub (or anything else outside the connection) ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KillReason {
+    /// Its outbound queue was full: the client does not read fast enough.
+    SlowConsumer = 1,
+    /// This node can no longer vouch for the connection's stream (its room's
+    /// history was reset, or the node lost its presence lease): the client
+    /// must reconnect and resynchronize with `since`.
+    Resync = 2,
+}
+
+/// The out-of-band control of one connection.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    killed: AtomicU8,
+    notify: Notify,
+}
+
+impl ConnControl {
+    /// Asks the connection to close. The first reason wins.
+    pub fn kill(&self, reason: KillReason) {
+        if self
+            .killed
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // `notify_one` keeps a permit when nobody waits yet, so a kill
+            // that lands between two polls of `killed()` is not lost.
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn reason(&self) -> Option<KillReason> {
+        match self.killed.load(Ordering::Acquire) {
+            1 => Some(KillReason::SlowConsumer),
+            2 => Some(KillReason::Resync),
+            _ => None,
+        }
+    }
+
+    /// Resolves once [`kill`](Self::kill) was called.
+    pub async fn killed(&self) -> KillReason {
+        loop {
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A local connection as the hub sees it: an id, a user, a queue.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub conn: ConnId,
+    pub user: UserId,
+    pub tx: mpsc::Sender<Outbound>,
+    pub ctl: Arc<ConnControl>,
+}
+
+/// What a node's owner wants to know about fan-out (the edge feeds its
+/// Prometheus metrics and traces from this; the hub itself knows neither).
+/// Called once per envelope per node, never per recipient.
+pub trait HubObserver: Send + Sync + 'static {
+    /// `env` was fanned out on this node, starting at `started`: `targeted`
+    /// local connections should have got it, `delivered` did.
+    fn fanned_out(
+        &self,
+        env: &Envelope,
+        targeted: usize,
+        delivered: usize,
+        started: std::time::Instant,
+    );
+    /// `n` frames were not queued because the recipient was too slow (each
+    /// such recipient is being closed).
+    fn dropped_slow(&self, n: usize);
+}
+
+/// An observer that counts nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl HubObserver for NoObserver {
+    fn fanned_out(&self, _: &Envelope, _: usize, _: usize, _: std::time::Instant) {}
+    fn dropped_slow(&self, _: usize) {}
+}
+
+/// This node's rooms.
+pub struct Hub {
+    rooms: Sharded<HashMap<RoomId, Vec<Member>>>,
+    active_rooms: AtomicUsize,
+    observer: Arc<dyn HubObserver>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("active_rooms", &self.rooms_active())
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(Arc::new(NoObserver))
+    }
+}
+
+impl Hub {
+    pub fn new(observer: Arc<dyn HubObserver>) -> Self {
+        Self {
+            rooms: Sharded::new(64),
+            active_rooms: AtomicUsize::new(0),
+            observer,
+        }
+    }
+
+    /// Adds a connection to a room. True when it is the room's first local
+    /// member, i.e. the node must now subscribe to the room.
+    pub fn join(&self, room: &RoomId, member: Member) -> bool {
+        let mut shard = self.rooms.shard(room).write();
+        let members = shard.entry(room.clone()).or_default();
+        members.push(member);
+        let first = members.len() == 1;
+        if first {
+            self.active_rooms.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Removes a connection. True when the room has no local member left,
+    /// i.e. the node may unsubscribe.
+    pub fn leave(&self, room: &RoomId, conn: ConnId) -> bool {
+        let mut shard = self.rooms.shard(room).write();
+        let Some(members) = shard.get_mut(room) else {
+            return false;
+        };
+        let Some(i) = members.iter().position(|m| m.conn == conn) else {
+            return false;
+        };
+        members.swap_remove(i);
+        if members.is_empty() {
+            shard.remove(room);
+            self.active_rooms.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Whether any local connection is in `room`.
+    pub fn has_members(&self, room: &RoomId) -> bool {
+        self.rooms.shard(room).read().contains_key(room)
+    }
+
+    /// Rooms with at least one local member.
+    pub fn rooms_active(&self) -> usize {
+        self.active_rooms.load(Ordering::Relaxed)
+    }
+
+    /// Every room with local members (to resubscribe after a reconnect).
+    pub fn local_rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .all()
+            .flat_map(|s| s.read().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Every local connection: its room, user and id.
+    pub fn local_connections(&self) -> Vec<(RoomId, UserId, ConnId)> {
+        let mut out = Vec::new();
+        for shard in self.rooms.all() {
+            for (room, members) in shard.read().iter() {
+                out.extend(
+                    members
+                        .iter()
+                        .map(|m| (room.clone(), m.user.clone(), m.conn)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Asks every local connection of `room` to close with `reason`.
+    pub fn kill_room(&self, room: &RoomId, reason: KillReason) -> usize {
+        let shard = self.rooms.shard(room).read();
+        let members = shard.get(room).map_or(&[][..], |m| &m[..]);
+        members.iter().for_each(|m| m.ctl.kill(reason));
+        members.len()
+    }
+
+    /// Asks every local connection to close with `reason`.
+    pub fn kill_all(&self, reason: KillReason) -> usize {
+        self.local_rooms()
+            .iter()
+            .map(|r| self.kill_room(r, reason))
+            .sum()
+    }
+
+    /// Queues `env` to every local member of its room (but the excluded
+    /// user). Returns how many got it.
+    pub fn deliver(&self, env: &Envelope) -> usize {
+        let started = std::time::Instant::now();
+        let shard = self.rooms.shard(&env.room).read();
+        let Some(members) = shard.get(&env.room) else {
+            return 0;
+        };
+        let (mut targeted, mut delivered, mut slow) = (0, 0, 0);
+        for m in members {
+            if env.exclude_user.as_ref() == Some(&m.user) {
+                continue;
+            }
+            targeted += 1;
+            let out = Outbound {
+                frame: env.frame.clone(),
+                offset: env.offset,
+                published_at: env.published_at,
+            };
+            match m.tx.try_send(out) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slow += 1;
+                    m.ctl.kill(KillReason::SlowConsumer);
+                }
+                // The connection is on its way out and will leave the room.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        drop(shard);
+        self.observer.fanned_out(env, targeted, delivered, started);
+        if slow > 0 {
+            self.observer.dropped_slow(slow);
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(conn: ConnId, user: &str, cap: usize) -> (Member, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            Member {
+                conn,
+                user: UserId::parse(user).unwrap(),
+                tx,
+                ctl: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    fn env(room: &RoomId, exclude: Option<&str>) -> Envelope {
+        Envelope {
+            room: room.clone(),
+            frame: Bytes::from_static(b"{}"),
+            offset: 1,
+            exclude_user: exclude.map(|u| UserId::parse(u).unwrap()),
+            origin_node: "n".into(),
+            published_at: Timestamp::now(),
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn first_join_and_last_leave_are_reported() {
+        let hub = Hub::default();
+        let room = RoomId::parse("r").unwrap();
+        let (a, _ra) = member(1, "a", 4);
+        let (b, _rb) = member(2, "b", 4);
+        assert!(hub.join(&room, a));
+        assert!(!hub.join(&room, b));
+        assert_eq!(hub.rooms_active(), 1);
+        assert!(!hub.leave(&room, 1));
+        assert!(!hub.leave(&room, 99), "unknown conn is no leave");
+        assert!(hub.leave(&room, 2));
+        assert_eq!(hub.rooms_active(), 0);
+        assert!(!hub.has_members(&room));
+    }
+
+    #[test]
+    fn delivers_shared_bytes_except_to_the_excluded_user() {
+        let hub = Hub::default();
+        let room = RoomId::parse("r").unwrap();
+        let (a, mut ra) = member(1, "a", 4);
+        let (b, mut rb) = member(2, "b", 4);
+        hub.join(&room, a);
+        hub.join(&room, b);
+        assert_eq!(hub.deliver(&env(&room, Some("a"))), 1);
+        assert!(ra.try_recv().is_err());
+        assert_eq!(&rb.try_recv().unwrap().frame[..], b"{}");
+    }
+
+    #[test]
+    fn a_full_queue_kills_only_that_connection() {
+        let hub = Hub::default();
+        let room = RoomId::parse("r").unwrap();
+        let (slow, _rs) = member(1, "slow", 1);
+        let (fast, mut rf) = member(2, "fast", 8);
+        let (slow_ctl, fast_ctl) = (slow.ctl.clone(), fast.ctl.clone());
+        hub.join(&room, slow);
+        hub.join(&room, fast);
+        hub.deliver(&env(&room, None));
+        assert_eq!(slow_ctl.reason(), None);
+        hub.deliver(&env(&room, None));
+        assert_eq!(slow_ctl.reason(), Some(KillReason::SlowConsumer));
+        assert_eq!(fast_ctl.reason(), None);
+        assert!(rf.try_recv().is_ok() && rf.try_recv().is_ok());
+    }
+}

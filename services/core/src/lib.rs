@@ -1,0 +1,27 @@
+//! The core of roomcast, free of any transport.
+//!
+//! - [`store`], [`history`], [`broker`], [`presence`]: the small backend
+//!   traits, each with an in-memory implementation here and a Redis one in
+//!   `roomcast-redis`. [`Backend`] bundles one of each.
+//! - [`hub`]: this node's map from rooms to local connections. It hands each
+//!   connection `Bytes` through a bounded queue and never sees a socket.
+//! - [`envelope`]: what travels from the publishing node to every node that
+//!   serves the room: the frame, encoded once, plus routing metadata.
+//! - `conformance` (feature): the behavioural suite every backend passes.
+
+pub mod backend;
+pub mod broker;
+pub mod envelope;
+pub mod error;
+pub mod history;
+pub mod hub;
+pub mod presence;
+pub mod shard;
+pub mod store;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use backend::{Backend, BackendStats};
+pub use error::BackendError;
+pub use roomcast_protocol as protocol;

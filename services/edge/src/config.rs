@@ -1,0 +1,629 @@
+//! Settings, layered: built-in defaults < TOML file (`--config PATH` or
+//! `ROOMCAST_CONFIG`) < `ROOMCAST__SECTION__KEY` environment variables <
+//! the flat names existing deployments already set (`PORT`, `REDIS_URL`, ...).
+//!
+//! Every value is checked before the server starts; a bad one stops start-up
+//! with a message that names the setting and says what it expects.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// A setting that is missing, malformed or out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {problem}")]
+pub struct ConfigError {
+    pub name: String,
+    pub problem: String,
+}
+
+fn bad(name: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name: name.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub websocket: WebSocketSettings,
+    pub rooms: RoomSettings,
+    pub auth: AuthSettings,
+    pub history: HistorySettings,
+    pub redis: RedisSettings,
+    pub presence: PresenceSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// This node's name in `connected` frames, logs and metrics. Empty: the
+    /// host name, or a random id.
+    pub node_id: String,
+    /// `development` or `production`.
+    pub environment: String,
+    /// WebSocket connections this node accepts; past it, HTTP 503.
+    pub max_connections: usize,
+    /// Time for a client to send its complete HTTP request head.
+    pub handshake_timeout_ms: u64,
+    /// Time given to connections to close on SIGTERM before the process exits.
+    pub shutdown_grace_ms: u64,
+    /// Largest HTTP request head accepted (over it: 431).
+    pub max_header_bytes: usize,
+    /// Also serve `/metrics` on this port (e.g. one not exposed publicly).
+    pub metrics_port: Option<u16>,
+    /// Pending connections the kernel queues before `accept` (capped by
+    /// `net.core.somaxconn`). Too small, and a burst of connects overflows it:
+    /// clients wait for a SYN retransmit (a one-second stall).
+    pub listen_backlog: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSettings {
+    /// Transport limit for one frame or message; over it the socket closes 1009.
+    pub max_frame_bytes: usize,
+    /// Limit for a message's content; over it an `error` `too_large`.
+    pub max_content_bytes: usize,
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    pub heartbeat_interval_ms: u64,
+    /// A peer that sends nothing (not even a pong) for this long is closed.
+    pub heartbeat_timeout_ms: u64,
+    /// Sustained frames per second a connection may send (token bucket).
+    pub rate_per_sec: f64,
+    /// Burst above the sustained rate.
+    pub rate_burst: f64,
+    /// Rate-limited frames in a row after which the connection closes 1008.
+    pub flood_close_after: u32,
+    /// A socket write that cannot complete in this time marks a slow consumer.
+    pub write_timeout_ms: u64,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomSettings {
+    /// Unset: on in production, off in development.
+    pub allow_websocket_auto_rooms: Option<bool>,
+    pub allow_join_auto_rooms: Option<bool>,
+    pub allow_join_auto_users: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret; a token is then required.
+    pub jwt_secret: Option<String>,
+    /// RS256 public key (PEM file); a token is then required.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Tokens must carry `exp` (recommended; off only for legacy issuers).
+    pub require_exp: Option<bool>,
+    /// Bearer key for `POST /rooms/{id}/messages`; unset: that call is off.
+    pub publish_api_key: Option<String>,
+    /// Allowed origins, comma-separated (CORS and the WebSocket Origin check).
+    pub frontend_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Messages kept per room.
+    pub max_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Unset: the embedded single-node backend.
+    pub url: Option<String>,
+    /// Prefix of every key and channel (several clusters can share a Redis).
+    pub key_prefix: String,
+    /// Pooled command connections per node.
+    pub pool_size: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "roomcast".into(),
+            pool_size: 32,
+        }
+    }
+}
+
+/// Cluster-wide presence (Redis backend only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// Run the dead-node sweeper in this process too. Harmless next to the
+    /// `roomcast-presence` service: a lock makes one sweeper lead.
+    pub sweeper: bool,
+    pub heartbeat_ms: u64,
+    /// A node silent this long is dead; its users are announced left.
+    pub lease_ttl_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            sweeper: true,
+            heartbeat_ms: 1000,
+            lease_ttl_ms: 3000,
+            sweep_interval_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `roomcast_edge=debug,info`.
+    pub level: String,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self { max_len: 1000 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            node_id: String::new(),
+            environment: "development".into(),
+            max_connections: 100_000,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            metrics_port: None,
+            listen_backlog: 4096,
+        }
+    }
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1024 * 1024,
+            max_content_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            heartbeat_interval_ms: 25_000,
+            heartbeat_timeout_ms: 60_000,
+            rate_per_sec: 20.0,
+            rate_burst: 40.0,
+            flood_close_after: 50,
+            write_timeout_ms: 10_000,
+            read_buffer_bytes: 1024,
+            write_buffer_bytes: 4096,
+        }
+    }
+}
+
+/// The flat variable names existing deployments set, and where each goes.
+const FLAT: &[(&str, &str, Kind)] = &[
+    ("PORT", "server.port", Kind::Port),
+    ("METRICS_PORT", "server.metrics_port", Kind::Port),
+    ("HOST", "server.host", Kind::Text),
+    ("NODE_ID", "server.node_id", Kind::Text),
+    ("ENVIRONMENT", "server.environment", Kind::Text),
+    ("FRONTEND_URL", "auth.frontend_url", Kind::Text),
+    ("JWT_SECRET", "auth.jwt_secret", Kind::Text),
+    (
+        "JWT_PUBLIC_KEY_FILE",
+        "auth.jwt_public_key_file",
+        Kind::Text,
+    ),
+    ("PUBLISH_API_KEY", "auth.publish_api_key", Kind::Text),
+    ("REDIS_URL", "redis.url", Kind::Text),
+    (
+        "ALLOW_WEBSOCKET_AUTO_ROOMS",
+        "rooms.allow_websocket_auto_rooms",
+        Kind::Bool,
+    ),
+    (
+        "ALLOW_JOIN_AUTO_ROOMS",
+        "rooms.allow_join_auto_rooms",
+        Kind::Bool,
+    ),
+    (
+        "ALLOW_JOIN_AUTO_USERS",
+        "rooms.allow_join_auto_users",
+        Kind::Bool,
+    ),
+    ("LOG_FORMAT", "log.format", Kind::Text),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Port,
+    Bool,
+    Text,
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(name, format!("expected true or false, got {v:?}"))),
+    }
+}
+
+impl Settings {
+    /// Loads the layers from `file` (if any) and the given environment.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+        let defaults =
+            Config::try_from(&Settings::default()).map_err(|e| bad("defaults", e.to_string()))?;
+        let mut b = Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(bad(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            b = b.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("ROOMCAST__"))
+            .cloned()
+            .collect();
+        b = b.add_source(
+            Environment::with_prefix("ROOMCAST")
+                .separator("__")
+                .source(Some(prefixed))
+                .try_parsing(true),
+        );
+        for (flat, key, kind) in FLAT {
+            let Some((_, v)) = env.iter().find(|(k, _)| k == flat) else {
+                continue;
+            };
+            b = match kind {
+                Kind::Port => {
+                    let port: u16 = v.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                        bad(flat, format!("expected a port number 1-65535, got {v:?}"))
+                    })?;
+                    b.set_override(*key, i64::from(port))
+                }
+                Kind::Bool => b.set_override(*key, parse_bool(flat, v)?),
+                Kind::Text if v.trim().is_empty() => continue,
+                Kind::Text => b.set_override(*key, v.trim().to_owned()),
+            }
+            .map_err(|e| bad(flat, e.to_string()))?;
+        }
+        let settings: Settings = b
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| bad("configuration", e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if !matches!(s.environment.as_str(), "development" | "production") {
+            return Err(bad(
+                "ENVIRONMENT (server.environment)",
+                format!(
+                    "expected development or production, got {:?}",
+                    s.environment
+                ),
+            ));
+        }
+        if !s.node_id.is_empty() && roomcast_protocol::UserId::parse(&s.node_id).is_err() {
+            return Err(bad(
+                "NODE_ID (server.node_id)",
+                "expected 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        let positive = [
+            ("server.max_connections", s.max_connections as u64),
+            ("server.handshake_timeout_ms", s.handshake_timeout_ms),
+            ("server.listen_backlog", u64::from(s.listen_backlog)),
+            (
+                "websocket.max_frame_bytes",
+                self.websocket.max_frame_bytes as u64,
+            ),
+            (
+                "websocket.max_content_bytes",
+                self.websocket.max_content_bytes as u64,
+            ),
+            (
+                "websocket.outbound_queue",
+                self.websocket.outbound_queue as u64,
+            ),
+            (
+                "websocket.heartbeat_interval_ms",
+                self.websocket.heartbeat_interval_ms,
+            ),
+            (
+                "websocket.write_timeout_ms",
+                self.websocket.write_timeout_ms,
+            ),
+            (
+                "websocket.flood_close_after",
+                u64::from(self.websocket.flood_close_after),
+            ),
+            ("history.max_len", self.history.max_len as u64),
+            ("redis.pool_size", self.redis.pool_size as u64),
+            ("presence.heartbeat_ms", self.presence.heartbeat_ms),
+            (
+                "presence.sweep_interval_ms",
+                self.presence.sweep_interval_ms,
+            ),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(bad(name, "expected a number greater than 0"));
+            }
+        }
+        if s.max_header_bytes < 8192 {
+            return Err(bad("server.max_header_bytes", "expected at least 8192"));
+        }
+        let w = &self.websocket;
+        if w.max_content_bytes > w.max_frame_bytes {
+            return Err(bad(
+                "websocket.max_content_bytes",
+                "must not exceed websocket.max_frame_bytes",
+            ));
+        }
+        if w.heartbeat_timeout_ms <= w.heartbeat_interval_ms {
+            return Err(bad(
+                "websocket.heartbeat_timeout_ms",
+                "must be longer than websocket.heartbeat_interval_ms",
+            ));
+        }
+        if !(w.rate_per_sec > 0.0 && w.rate_per_sec.is_finite()) {
+            return Err(bad("websocket.rate_per_sec", "expected a number above 0"));
+        }
+        if !(w.rate_burst >= 1.0 && w.rate_burst.is_finite()) {
+            return Err(bad(
+                "websocket.rate_burst",
+                "expected a number of at least 1",
+            ));
+        }
+        if self.presence.lease_ttl_ms < self.presence.heartbeat_ms * 2 {
+            return Err(bad(
+                "presence.lease_ttl_ms",
+                "must be at least twice presence.heartbeat_ms, or a live node under load looks dead",
+            ));
+        }
+        if roomcast_protocol::UserId::parse(&self.redis.key_prefix).is_err() {
+            return Err(bad(
+                "redis.key_prefix",
+                "expected 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(bad(
+                "LOG_FORMAT (log.format)",
+                format!("expected text or json, got {:?}", self.log.format),
+            ));
+        }
+        if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
+            return Err(bad(
+                "JWT_SECRET / JWT_PUBLIC_KEY_FILE",
+                "set one of them, not both",
+            ));
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(bad(
+                "REDIS_URL (redis.url)",
+                "expected a redis:// or rediss:// URL",
+            ));
+        }
+        for origin in self.allowed_origins() {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(bad(
+                    "FRONTEND_URL (auth.frontend_url)",
+                    format!("expected comma-separated http(s) origins, got {origin:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.server.environment == "production"
+    }
+
+    fn auto(&self, v: Option<bool>) -> bool {
+        v.unwrap_or(self.is_production())
+    }
+
+    pub fn websocket_auto_rooms(&self) -> bool {
+        self.auto(self.rooms.allow_websocket_auto_rooms)
+    }
+    pub fn join_auto_rooms(&self) -> bool {
+        self.auto(self.rooms.allow_join_auto_rooms)
+    }
+    pub fn join_auto_users(&self) -> bool {
+        self.auto(self.rooms.allow_join_auto_users)
+    }
+
+    /// The allowed origins, without trailing slashes; empty: any.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        self.auth
+            .frontend_url
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.websocket.heartbeat_interval_ms)
+    }
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.websocket.heartbeat_timeout_ms)
+    }
+
+    /// The effective settings as TOML, with secrets masked and the
+    /// environment-dependent defaults resolved.
+    pub fn to_masked_toml(&self) -> String {
+        let mut s = self.clone();
+        let mask = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("********".into());
+            }
+        };
+        mask(&mut s.auth.jwt_secret);
+        mask(&mut s.auth.publish_api_key);
+        if let Some(url) = &mut s.redis.url {
+            *url = mask_url_password(url);
+        }
+        s.rooms = RoomSettings {
+            allow_websocket_auto_rooms: Some(self.websocket_auto_rooms()),
+            allow_join_auto_rooms: Some(self.join_auto_rooms()),
+            allow_join_auto_users: Some(self.join_auto_users()),
+        };
+        toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:********@host`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) if auth.contains(':') => {
+            let user = auth.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:********@{host}")
+        }
+        Some((_, host)) => format!("{scheme}://********@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_development() {
+        let s = Settings::load(None, &[]).unwrap();
+        assert_eq!(s.server.port, 8000);
+        assert!(!s.websocket_auto_rooms() && !s.join_auto_users());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nport = 9000\nnode_id = \"from-file\"\n[history]\nmax_len = 7\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            &env(&[
+                ("ROOMCAST__SERVER__PORT", "9100"),
+                ("ROOMCAST__HISTORY__MAX_LEN", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.server.port, s.server.node_id.as_str(), s.history.max_len),
+            (9100, "from-file", 9)
+        );
+        let s = Settings::load(
+            Some(&file),
+            &env(&[
+                ("ROOMCAST__SERVER__PORT", "9100"),
+                ("PORT", "9200"),
+                ("ENVIRONMENT", "production"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 9200, "flat names win");
+        assert!(s.websocket_auto_rooms() && s.join_auto_rooms() && s.join_auto_users());
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("ENVIRONMENT", "production"),
+                ("ALLOW_JOIN_AUTO_USERS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert!(!s.join_auto_users() && s.join_auto_rooms());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err =
+            |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("PORT", "eighty")]).contains("PORT"));
+        assert!(err(&[("PORT", "0")]).contains("PORT"));
+        assert!(
+            err(&[("ALLOW_WEBSOCKET_AUTO_ROOMS", "maybe")]).contains("ALLOW_WEBSOCKET_AUTO_ROOMS")
+        );
+        assert!(err(&[("ENVIRONMENT", "staging")]).contains("ENVIRONMENT"));
+        assert!(
+            err(&[("ROOMCAST__WEBSOCKET__OUTBOUND_QUEUE", "0")])
+                .contains("websocket.outbound_queue")
+        );
+        assert!(err(&[("ROOMCAST__SERVER__PORT", "x")]).contains("server.port"));
+        assert!(
+            err(&[("ROOMCAST__SERVER__PROT", "1")]).contains("prot"),
+            "typos are caught"
+        );
+        assert!(err(&[("REDIS_URL", "localhost:6379")]).contains("REDIS_URL"));
+        assert!(err(&[("FRONTEND_URL", "example.com")]).contains("FRONTEND_URL"));
+        assert!(err(&[("JWT_SECRET", "a"), ("JWT_PUBLIC_KEY_FILE", "/x")]).contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn printing_masks_secrets() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("JWT_SECRET", "hunter2"),
+                ("PUBLISH_API_KEY", "pk"),
+                ("REDIS_URL", "redis://u:pw@h:6379/0"),
+            ]),
+        )
+        .unwrap();
+        let out = s.to_masked_toml();
+        assert!(!out.contains("hunter2") && !out.contains("\"pk\"") && !out.contains("pw@"));
+        assert!(out.contains("redis://u:********@h:6379/0"));
+    }
+}

@@ -1,0 +1,401 @@
+//! The REST API: users, rooms, joins, history, presence, server-side
+//! publish, health, readiness and metrics. Shapes are the contract's
+//! (`roomcast_protocol::rest`); errors are `{"detail": ...}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use roomcast_core::broker::MessageDraft;
+use roomcast_core::history::{HistoryQuery, Since};
+use roomcast_protocol::rest::{
+    CreateRoom, CreateUser, JoinResponse, PresenceResponse, PublishMessage, validate_name,
+};
+use roomcast_protocol::{MessageFrame, RoomId, UserId};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::ws;
+
+/// Every route of the node.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/users", post(create_user).get(list_users))
+        .route("/users/{id}", get(get_user))
+        .route("/rooms", post(create_room).get(list_rooms))
+        .route("/rooms/{id}", get(get_room))
+        .route("/rooms/{id}/join", post(join_room))
+        .route("/rooms/{id}/messages", get(history).post(publish))
+        .route("/rooms/{id}/presence", get(presence))
+        .route("/", get(page))
+        .route("/chat", get(page))
+        .route("/client.js", get(client_js))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/ws/{room_id}/{user_id}", get(ws::handshake::by_path))
+        .route("/api/v1/chats/{room_id}/ws", get(ws::handshake::by_token))
+        .fallback(|| async { ApiError::NotFound("Not Found") })
+        .layer(middleware::from_fn_with_state(app.clone(), cors))
+        .with_state(app)
+}
+
+/// Only `/metrics`, for `METRICS_PORT`.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("Not Found") })
+        .with_state(app)
+}
+
+/// CORS for the allowed origins (`FRONTEND_URL`), credentials allowed. With
+/// no list, any origin is mirrored (development). A disallowed origin gets
+/// no CORS headers, so the browser withholds the response from the page.
+async fn cors(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = origin
+        .as_ref()
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| app.origins.allows(Some(o)));
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let request_headers = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned();
+    let mut resp = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let (Some(origin), true) = (origin, allowed) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                request_headers
+                    .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type")),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        }
+    }
+    resp
+}
+
+/// Reads a JSON body: not JSON at all is 400, the wrong shape 422.
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    serde_json::from_value(v).map_err(|e| ApiError::Unprocessable(e.to_string()))
+}
+
+fn name(field: &str, value: &str) -> Result<String, ApiError> {
+    validate_name(field, value).map_err(ApiError::Unprocessable)
+}
+
+fn room_id(id: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(id).map_err(|_| ApiError::NotFound("Room not found"))
+}
+
+async fn existing_room(app: &App, id: &str) -> Result<RoomId, ApiError> {
+    let id = room_id(id)?;
+    match app.backend.store.get_room(&id).await? {
+        Some(_) => Ok(id),
+        None => Err(ApiError::NotFound("Room not found")),
+    }
+}
+
+async fn create_user(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateUser = json_body(&body)?;
+    let user = app
+        .backend
+        .store
+        .create_user(&name("username", &req.username)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn list_users(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    Ok(Json(app.backend.store.list_users().await?).into_response())
+}
+
+async fn get_user(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = UserId::parse(&id).map_err(|_| ApiError::NotFound("User not found"))?;
+    match app.backend.store.get_user(&id).await? {
+        Some(u) => Ok(Json(u).into_response()),
+        None => Err(ApiError::NotFound("User not found")),
+    }
+}
+
+async fn create_room(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateRoom = json_body(&body)?;
+    let room = app
+        .backend
+        .store
+        .create_room(&name("name", &req.name)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(room)).into_response())
+}
+
+async fn list_rooms(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    Ok(Json(app.backend.store.list_rooms().await?).into_response())
+}
+
+async fn get_room(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match app.backend.store.get_room(&room_id(&id)?).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::NotFound("Room not found")),
+    }
+}
+
+async fn join_room(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: roomcast_protocol::rest::JoinRoom = json_body(&body)?;
+    let store = &app.backend.store;
+    let room = room_id(&id)?;
+    if store.get_room(&room).await?.is_none() {
+        if !app.settings.join_auto_rooms() {
+            return Err(ApiError::NotFound("Room not found"));
+        }
+        store.ensure_room(&room).await?;
+    }
+    if store.get_user(&req.user_id).await?.is_none() {
+        if !app.settings.join_auto_users() {
+            return Err(ApiError::NotFound("User not found"));
+        }
+        let username = match &req.username {
+            Some(u) => name("username", u)?,
+            None => req.user_id.to_string(),
+        };
+        store.ensure_user(&req.user_id, &username).await?;
+    }
+    store.add_member(&room, &req.user_id).await?;
+    Ok(Json(JoinResponse {
+        room_id: room,
+        user_id: req.user_id,
+        joined: true,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+async fn history(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::Unprocessable(e.body_text()))?;
+    let room = existing_room(&app, &id).await?;
+    let limit = match p.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=roomcast_core::history::MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::Unprocessable("limit: expected an integer from 1 to 1000".into())
+            })?,
+    };
+    let since = match p.since.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Since::parse(s).map_err(ApiError::Unprocessable)?),
+    };
+    let page = app
+        .backend
+        .history
+        .read(&room, HistoryQuery { since, limit })
+        .await?;
+    // The frames are already JSON text: join them into an array instead of
+    // parsing each one back only to serialize it again.
+    let mut body = String::from("[");
+    for (i, m) in page.messages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&m.to_frame_json());
+    }
+    body.push(']');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn presence(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let room = existing_room(&app, &id).await?;
+    let users = app.backend.presence.list(&room).await?;
+    Ok(Json(PresenceResponse {
+        room_id: room,
+        users,
+    })
+    .into_response())
+}
+
+/// Compares without an early exit, so response timing says nothing about
+/// how much of a guessed key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn publish(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(key) = app.settings.auth.publish_api_key.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "server-side publishing is disabled: PUBLISH_API_KEY is not set",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+        return Err(ApiError::Unauthorized("missing or wrong publish API key"));
+    }
+    let room = existing_room(&app, &id).await?;
+    let req: PublishMessage = json_body(&body)?;
+    if req.content.trim().is_empty() {
+        return Err(ApiError::Unprocessable("content must not be empty".into()));
+    }
+    let max = app.settings.websocket.max_content_bytes;
+    if req.content.len() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "content is {} bytes; the limit is {max}",
+            req.content.len()
+        )));
+    }
+    let user_id = req
+        .user_id
+        .unwrap_or_else(|| UserId::parse("system").expect("valid id"));
+    let username = match req.username {
+        Some(u) => name("username", &u)?,
+        None => user_id.to_string(),
+    };
+    let started = Instant::now();
+    let span = app.telemetry.publish(room.as_str());
+    let published = app
+        .backend
+        .broker
+        .publish_message(MessageDraft {
+            room,
+            user_id,
+            username,
+            content: req.content,
+            client_id: None,
+            trace: span.traceparent(),
+        })
+        .await;
+    span.end();
+    let msg: MessageFrame = published?;
+    app.metrics
+        .publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.messages_published.inc();
+    let body = msg.to_frame_json();
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("valid response"))
+}
+
+/// The chat page and the client module, compiled into the binary so one
+/// command starts a server with a UI.
+const PAGE: &str = include_str!("../static/index.html");
+const CLIENT_JS: &str = include_str!("../static/client.js");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn client_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
+}
+
+async fn health() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let (status, why) = if app.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !app.backend.broker.is_healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (
+        status,
+        Json(serde_json::json!({"status": why, "node_id": &*app.node_id})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.rooms_active.set(app.hub.rooms_active() as i64);
+    app.metrics.sync_backend(&app.backend.stats);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,553 @@
+//! One WebSocket connection: one task from the upgrade to the close.
+//!
+//! The task owns the socket and `select!`s over four things: frames from the
+//! client, the bounded outbound queue the hub fills, the heartbeat, and the
+//! node's shutdown (plus an out-of-band kill from the hub). Writes go out in
+//! batches (feed, feed, ..., one flush), and a batch that cannot be written
+//! within the write timeout, or a kill because the queue overflowed, closes
+//! the connection 1008 `slow_consumer`: memory stays bounded and nobody else
+//! waits for this client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use roomcast_core::broker::MessageDraft;
+use roomcast_core::history::Since;
+use roomcast_core::hub::{ConnControl, ConnId, Member, Outbound};
+use roomcast_protocol::{
+    AckFrame, ClientFrame, ConnectedFrame, ErrorCode, PresenceFrame, PresenceUser, RoomId,
+    ServerFrame, Timestamp, TypingFrame, UserEventFrame,
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::Instrument;
+
+use crate::app::{App, SlotGuard};
+use crate::telemetry::ActiveSpan;
+use crate::ws::close::{End, close};
+use crate::ws::rate::{RateLimiter, Verdict};
+use crate::ws::recovery::recovery;
+
+pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Frames written per flush at most, so one busy room cannot starve the
+/// reads of this connection.
+const MAX_BATCH: usize = 64;
+
+/// Who connected to which room, as the handshake decided.
+#[derive(Debug)]
+pub struct Session {
+    pub room: RoomId,
+    pub user: PresenceUser,
+    /// The raw `since` parameter.
+    pub since: Option<String>,
+    /// When the connection's token expires (seconds since the epoch). After
+    /// that the connection may still receive, but not send.
+    pub token_expires_at: Option<u64>,
+}
+
+/// Runs an admitted connection to its end.
+pub async fn run(app: Arc<App>, ws: Ws, session: Session, slot: SlotGuard) {
+    let conn_id = app.next_conn_id();
+    let span = tracing::info_span!("conn", conn = conn_id, room = %session.room, user = %session.user.user_id);
+    async move {
+        let (tx, rx) = mpsc::channel(app.settings.websocket.outbound_queue);
+        let w = &app.settings.websocket;
+        let now = Instant::now();
+        let span = app
+            .telemetry
+            .connection(session.room.as_str(), session.user.user_id.as_str());
+        let mut c = Conn {
+            span,
+            rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
+            write_timeout: Duration::from_millis(w.write_timeout_ms),
+            conn_key: format!("{}/{conn_id}", app.node_id),
+            app: app.clone(),
+            ws,
+            rx,
+            ctl: Arc::default(),
+            conn_id,
+            session,
+            last_seen: now,
+            seen_offset: 0,
+            in_hub: false,
+            in_presence: false,
+        };
+        app.metrics.connections.inc();
+        app.metrics.connections_opened.inc();
+        tracing::debug!("connected");
+        // `start` and `finish` run once; boxed, their state does not widen
+        // the future every idle connection keeps alive for its whole life.
+        let end = match Box::pin(c.start(tx)).await {
+            Ok(()) => c.serve().await,
+            Err(end) => end,
+        };
+        Box::pin(c.finish(end)).await;
+        c.span.set("roomcast.close_reason", end.label());
+        std::mem::replace(&mut c.span, ActiveSpan::none()).end();
+        app.metrics.connections.dec();
+        drop(slot);
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Conn {
+    /// The `ws.connection` trace span (no-op unless tracing is on).
+    span: ActiveSpan,
+    app: Arc<App>,
+    ws: Ws,
+    rx: mpsc::Receiver<Outbound>,
+    ctl: Arc<ConnControl>,
+    conn_id: ConnId,
+    /// Unique in the cluster: `node/conn`.
+    conn_key: String,
+    session: Session,
+    rate: RateLimiter,
+    write_timeout: Duration,
+    last_seen: Instant,
+    /// Messages up to this offset were sent already (replayed, or older than
+    /// the connection); live copies of them are skipped.
+    seen_offset: u64,
+    in_hub: bool,
+    in_presence: bool,
+}
+
+impl Conn {
+    /// Joins the room: hub and subscription, presence, `connected`,
+    /// `presence`, recovery replay, and `user_joined` to the others.
+    async fn start(&mut self, tx: mpsc::Sender<Outbound>) -> Result<(), End> {
+        let app = self.app.clone();
+        let room = self.session.room.clone();
+        let member = Member {
+            conn: self.conn_id,
+            user: self.session.user.user_id.clone(),
+            tx,
+            ctl: self.ctl.clone(),
+        };
+        // Joining the hub first means every publish this node receives from
+        // here on is queued for us. `subscribe` returns once the node
+        // receives the room's publishes (at once if it already does), so
+        // the history read below cannot leave a gap. Every connection asks,
+        // not only the room's first: a second one must not read its position
+        // while the first one's subscription is still being set up.
+        self.in_hub = true;
+        app.hub.join(&room, member);
+        app.backend.broker.subscribe(&room).await?;
+        let (first, users) = app
+            .backend
+            .presence
+            .join(&room, &self.session.user, &self.conn_key)
+            .await?;
+        self.in_presence = true;
+
+        let (position, recovered, replay) =
+            recovery(&app, &room, self.session.since.as_deref()).await?;
+        self.seen_offset = replay
+            .last()
+            .map_or(position.offset, |m| m.offset.max(position.offset));
+        let connected = ServerFrame::Connected(ConnectedFrame {
+            room_id: room.clone(),
+            user_id: self.session.user.user_id.clone(),
+            username: self.session.user.username.clone(),
+            node_id: app.node_id.to_string(),
+            offset: position.offset,
+            epoch: position.epoch,
+            recovered,
+        });
+        self.feed(connected.to_json()).await?;
+        self.feed(
+            ServerFrame::Presence(PresenceFrame {
+                room_id: room.clone(),
+                users,
+            })
+            .to_json(),
+        )
+        .await?;
+        for m in &replay {
+            self.feed(m.to_frame_json()).await?;
+        }
+        self.flush().await?;
+        if recovered == Some(false)
+            && self
+                .session
+                .since
+                .as_deref()
+                .is_some_and(|s| Since::parse(s).is_err())
+        {
+            self.send_error(
+                ErrorCode::InvalidJson,
+                "since: expected a message offset (digits)",
+            )
+            .await?;
+        }
+        if first {
+            let joined = ServerFrame::UserJoined(self.user_event());
+            app.backend
+                .broker
+                .publish_event(
+                    &room,
+                    joined.to_json().into(),
+                    Some(self.session.user.user_id.clone()),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn user_event(&self) -> UserEventFrame {
+        UserEventFrame {
+            room_id: self.session.room.clone(),
+            user_id: self.session.user.user_id.clone(),
+            username: self.session.user.username.clone(),
+            timestamp: Timestamp::now(),
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let interval = self.app.settings.heartbeat_interval();
+        let timeout = self.app.settings.heartbeat_timeout();
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Created once and polled by reference: making these futures anew on
+        // every wake-up registers and unregisters waiters each time, and the
+        // shutdown token is shared by every connection of the node.
+        let shutdown = self.app.shutdown.clone();
+        let ctl = self.ctl.clone();
+        let shutdown = shutdown.cancelled();
+        let killed = ctl.killed();
+        tokio::pin!(shutdown, killed);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown => Err(End::Draining),
+                reason = &mut killed => Err(End::killed(reason)),
+                out = self.rx.recv() => match out {
+                    Some(out) => self.write_batch(out).await,
+                    None => Err(End::Backend),
+                },
+                msg = self.ws.next() => match msg {
+                    // Boxed: handling a client frame (a publish, an ack) is
+                    // the widest state of this loop, and it is rare next to
+                    // the time a connection spends waiting.
+                    Some(Ok(msg)) => Box::pin(self.on_frame(msg)).await,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed");
+                        Err(End::from_ws_error(&e))
+                    }
+                    None => Err(End::PeerGone),
+                },
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > timeout {
+                        Err(End::HeartbeatTimeout)
+                    } else {
+                        self.send(Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then
+    /// flushes once. A write that does not finish in time, or a kill from
+    /// the hub meanwhile, is a slow consumer.
+    async fn write_batch(&mut self, first: Outbound) -> Result<(), End> {
+        let ctl = self.ctl.clone();
+        let write_timeout = self.write_timeout;
+        let batch = async {
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(out) = next.take() {
+                if out.offset == 0 || out.offset > self.seen_offset {
+                    if out.offset != 0 {
+                        self.seen_offset = out.offset;
+                    }
+                    self.app.metrics.observe_fanout(out.published_at);
+                    match Utf8Bytes::try_from(out.frame) {
+                        Ok(text) => self
+                            .ws
+                            .feed(Message::Text(text))
+                            .await
+                            .map_err(|e| End::from_ws_error(&e))?,
+                        Err(e) => tracing::error!(error = %e, "dropping a frame that is not UTF-8"),
+                    }
+                }
+                n += 1;
+                if n < MAX_BATCH {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.ws.flush().await.map_err(|e| End::from_ws_error(&e))
+        };
+        tokio::pin!(batch);
+        // Almost every batch goes straight into the socket buffer: only a
+        // write that has to wait gets a timer (arming one per write is a
+        // measurable share of the per-delivery cost).
+        if let std::task::Poll::Ready(r) = futures_util::poll!(&mut batch) {
+            return r;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(write_timeout, &mut batch) => r.unwrap_or(Err(End::SlowConsumer)),
+            reason = ctl.killed() => Err(End::killed(reason)),
+        }
+    }
+
+    async fn feed(&mut self, text: String) -> Result<(), End> {
+        let fut = self.ws.feed(Message::Text(text.into()));
+        match tokio::time::timeout(self.write_timeout, fut).await {
+            Ok(r) => r.map_err(|e| End::from_ws_error(&e)),
+            Err(_) => Err(End::SlowConsumer),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
+            Ok(r) => r.map_err(|e| End::from_ws_error(&e)),
+            Err(_) => Err(End::SlowConsumer),
+        }
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(self.write_timeout, self.ws.send(msg)).await {
+            Ok(r) => r.map_err(|e| End::from_ws_error(&e)),
+            Err(_) => Err(End::SlowConsumer),
+        }
+    }
+
+    async fn send_frame(&mut self, frame: ServerFrame) -> Result<(), End> {
+        self.send(Message::Text(frame.to_json().into())).await
+    }
+
+    async fn send_error(&mut self, code: ErrorCode, message: &str) -> Result<(), End> {
+        self.send_frame(ServerFrame::error(code, message)).await
+    }
+
+    /// An error about a frame that carried `client_id`.
+    async fn send_error_for(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        client_id: Option<String>,
+    ) -> Result<(), End> {
+        self.send_frame(ServerFrame::error_for(code, message, client_id))
+            .await
+    }
+
+    async fn on_frame(&mut self, msg: Message) -> Result<(), End> {
+        self.last_seen = Instant::now();
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                self.count("binary");
+                return self
+                    .send_error(
+                        ErrorCode::InvalidJson,
+                        "binary frames are not supported; send JSON text frames",
+                    )
+                    .await;
+            }
+            Message::Close(_) => return Err(End::PeerClosed),
+            // Pings are answered by tungstenite; pongs only prove liveness.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+        };
+        match self.rate.check(Instant::now()) {
+            Verdict::Accept => {}
+            Verdict::Refuse => {
+                self.count("rate_limited");
+                self.app
+                    .metrics
+                    .messages_dropped
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                let client_id = roomcast_protocol::client_id_of(&text);
+                return self
+                    .send_error_for(
+                        ErrorCode::RateLimited,
+                        "too many frames; slow down",
+                        client_id,
+                    )
+                    .await;
+            }
+            Verdict::Close => return Err(End::Flooding),
+        }
+        let max = self.app.settings.websocket.max_content_bytes;
+        let frame = ClientFrame::parse(&text, max);
+        if matches!(
+            frame,
+            Ok(ClientFrame::Message { .. } | ClientFrame::Typing { .. })
+        ) && self.token_expired()
+        {
+            self.count("forbidden");
+            return self
+                .send_error(
+                    ErrorCode::Forbidden,
+                    "token expired: reconnect with a fresh token to send",
+                )
+                .await;
+        }
+        match frame {
+            Err(e) => {
+                self.count("invalid");
+                self.send_error_for(e.code, &e.message, e.client_id).await
+            }
+            Ok(ClientFrame::Message { content, client_id }) => {
+                self.count("message");
+                self.publish(content, client_id).await
+            }
+            Ok(ClientFrame::Typing { is_typing }) => {
+                self.count("typing");
+                let frame = ServerFrame::Typing(TypingFrame {
+                    room_id: self.session.room.clone(),
+                    user_id: self.session.user.user_id.clone(),
+                    username: self.session.user.username.clone(),
+                    is_typing,
+                });
+                let published = self
+                    .app
+                    .backend
+                    .broker
+                    .publish_event(
+                        &self.session.room,
+                        frame.to_json().into(),
+                        Some(self.session.user.user_id.clone()),
+                    )
+                    .await;
+                match published {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "typing not published");
+                        self.send_error(ErrorCode::Unavailable, "typing not sent; try again")
+                            .await
+                    }
+                }
+            }
+            Ok(ClientFrame::Ping) => {
+                self.count("ping");
+                self.send_frame(ServerFrame::Pong).await
+            }
+        }
+    }
+
+    fn token_expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.session.token_expires_at.is_some_and(|exp| now >= exp)
+    }
+
+    fn count(&self, kind: &str) {
+        self.app
+            .metrics
+            .messages_received
+            .with_label_values(&[kind])
+            .inc();
+    }
+
+    async fn publish(&mut self, content: String, client_id: Option<String>) -> Result<(), End> {
+        let draft = MessageDraft {
+            room: self.session.room.clone(),
+            user_id: self.session.user.user_id.clone(),
+            username: self.session.user.username.clone(),
+            content,
+            client_id: client_id.clone(),
+            trace: None,
+        };
+        let started = Instant::now();
+        let mut span = self.app.telemetry.publish(self.session.room.as_str());
+        let mut draft = draft;
+        draft.trace = span.traceparent();
+        let published = self.app.backend.broker.publish_message(draft).await;
+        match &published {
+            Ok(msg) => span.set("roomcast.offset", msg.offset as i64),
+            Err(e) => span.set("error", e.to_string()),
+        }
+        span.end();
+        match published {
+            Ok(msg) => {
+                let m = &self.app.metrics;
+                m.publish_duration.observe(started.elapsed().as_secs_f64());
+                m.messages_published.inc();
+                self.send_frame(ServerFrame::Ack(AckFrame {
+                    id: msg.id,
+                    offset: msg.offset,
+                    client_id,
+                }))
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message not stored");
+                self.send_error(
+                    ErrorCode::Unavailable,
+                    "message not stored and not sent; retry",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Closes the socket (if the end calls for it), leaves the hub and
+    /// presence, and announces `user_left` if this was the user's last
+    /// connection in the room anywhere.
+    async fn finish(&mut self, end: End) {
+        match end {
+            End::PeerClosed | End::PeerGone => {
+                tracing::debug!(reason = end.label(), "disconnected")
+            }
+            End::Draining => tracing::debug!("closing for drain"),
+            _ => tracing::info!(reason = end.label(), "closing connection"),
+        }
+        self.app
+            .metrics
+            .connections_closed
+            .with_label_values(&[end.label()])
+            .inc();
+        match end.close() {
+            Some((code, reason)) => close(&mut self.ws, code, reason).await,
+            // tungstenite queued the reply to the client's close frame; it
+            // goes out only with a flush (without it the client sees 1006).
+            None if end == End::PeerClosed => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
+            }
+            None => {}
+        }
+        let app = self.app.clone();
+        let room = &self.session.room;
+        if self.in_hub
+            && app.hub.leave(room, self.conn_id)
+            && let Err(e) = app.backend.broker.unsubscribe(room).await
+        {
+            tracing::warn!(error = %e, "unsubscribe failed");
+        }
+        if self.in_presence {
+            let user = &self.session.user.user_id;
+            match app
+                .backend
+                .presence
+                .remove(room, user, &self.conn_key)
+                .await
+            {
+                Ok(true) => {
+                    let left = ServerFrame::UserLeft(self.user_event());
+                    if let Err(e) = app
+                        .backend
+                        .broker
+                        .publish_event(room, left.to_json().into(), None)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "user_left not published");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence not updated on leave"),
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The WebSocket handshake: checks before the upgrade, admission, and the
+//! hand-over to the connection task.
+//!
+//! Capacity, draining and a backend that cannot answer are refused with an
+//! HTTP status before the upgrade (nothing to say to a socket yet). Every
+//! refusal a frontend must be able to tell apart (4001, 4003, 4004) is sent
+//! as a close code right after the upgrade, because browsers hide the HTTP
+//! status of a failed handshake from scripts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use roomcast_core::store::{AdmitPolicy, Admitted};
+use roomcast_protocol::rest::validate_name;
+use roomcast_protocol::{PresenceUser, RoomId, UserId};
+use serde::Deserialize;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::app::App;
+use crate::auth::{AuthError, find_token};
+use crate::error::{ApiError, Refusal};
+use crate::ws::close;
+use crate::ws::conn::{self, Session};
+
+/// The socket's query string.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+    username: Option<String>,
+    since: Option<String>,
+    /// Only for the token route with auth off (development).
+    user_id: Option<String>,
+}
+
+impl WsQuery {
+    /// The raw `since` parameter.
+    pub fn since(&self) -> Option<&str> {
+        self.since.as_deref()
+    }
+}
+
+/// `GET /ws/{room_id}/{user_id}`
+pub async fn by_path(
+    State(app): State<Arc<App>>,
+    Path((room, user)): Path<(String, String)>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    handshake(app, room, Some(user), query, req).await
+}
+
+/// `GET /api/v1/chats/{room_id}/ws?token=`: the user is the token's subject.
+pub async fn by_token(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    handshake(app, room, None, query, req).await
+}
+
+/// The client's `Sec-WebSocket-Key` if this is a version-13 upgrade request.
+fn upgrade_key(h: &HeaderMap) -> Option<&str> {
+    let has = |name, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return None;
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return None;
+    }
+    h.get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+}
+
+fn unavailable(app: &App, reason: &'static str, detail: &'static str) -> Response {
+    app.metrics
+        .handshakes_refused
+        .with_label_values(&[reason])
+        .inc();
+    ApiError::Unavailable(detail.into()).into_response()
+}
+
+async fn handshake(
+    app: Arc<App>,
+    room: String,
+    url_user: Option<String>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    mut req: Request,
+) -> Response {
+    let Some(key) = upgrade_key(req.headers()).map(|k| derive_accept_key(k.as_bytes())) else {
+        return ApiError::UpgradeRequired("expected a WebSocket upgrade (version 13)")
+            .into_response();
+    };
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => return ApiError::BadRequest(e.body_text()).into_response(),
+    };
+    if app.is_draining() {
+        return unavailable(&app, "draining", "node is draining, connect to another");
+    }
+    let Some(slot) = app.reserve_slot() else {
+        return unavailable(&app, "capacity", "node at connection capacity");
+    };
+    let verdict = match admit(&app, &room, url_user, &query, req.headers()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "backend unavailable during handshake");
+            return unavailable(&app, "backend", "backend unavailable, try again");
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_app = app.clone();
+    app.tasks.spawn(async move {
+        let deadline = Duration::from_millis(task_app.settings.server.handshake_timeout_ms);
+        let upgraded = match tokio::time::timeout(deadline, on_upgrade).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "upgrade failed"),
+            Err(_) => return tracing::debug!("upgrade timed out"),
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(task_app.ws_config),
+        )
+        .await;
+        match verdict {
+            Ok(session) => conn::run(task_app, ws, session, slot).await,
+            Err(refusal) => close::refuse(task_app, ws, refusal).await,
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, key)
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+/// Decides who connects to which room. The outer error is a backend
+/// failure (HTTP 503), the inner one a refusal the client must see.
+async fn admit(
+    app: &App,
+    room: &str,
+    url_user: Option<String>,
+    q: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<Result<Session, Refusal>, roomcast_core::BackendError> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !app.origins.allows(origin) {
+        return Ok(Err(Refusal::Forbidden("origin not allowed")));
+    }
+    let identity = if app.auth.enabled() {
+        match app.auth.verify(find_token(q.token.as_deref(), headers)) {
+            Ok(id) => Some(id),
+            Err(e) => return Ok(Err(e.into())),
+        }
+    } else {
+        None
+    };
+    let user = match (url_user, &identity) {
+        (Some(u), Some(id)) if u != id.user_id.as_str() => {
+            return Ok(Err(Refusal::Forbidden(
+                "user in URL differs from the token's subject",
+            )));
+        }
+        (Some(u), _) => u,
+        (None, Some(id)) => id.user_id.to_string(),
+        (None, None) => match &q.user_id {
+            Some(u) => u.clone(),
+            None => return Ok(Err(Refusal::Unauthorized(AuthError::Missing))),
+        },
+    };
+    let Ok(user_id) = UserId::parse(&user) else {
+        return Ok(Err(Refusal::NotFound("user not found")));
+    };
+    let Ok(room_id) = RoomId::parse(room) else {
+        return Ok(Err(Refusal::NotFound("room not found")));
+    };
+    if identity.as_ref().is_some_and(|id| !id.may_join(&room_id)) {
+        return Ok(Err(Refusal::Forbidden("room not allowed by the token")));
+    }
+    let query_name = q
+        .username
+        .as_deref()
+        .and_then(|n| validate_name("username", n).ok());
+    let token_name = identity.as_ref().and_then(|id| id.username.clone());
+    // A valid token vouches for its subject: the issuer's users need not be
+    // created here first.
+    let policy = AdmitPolicy {
+        create_room: app.settings.websocket_auto_rooms(),
+        create_user_as: (identity.is_some() || app.settings.join_auto_users()).then(|| {
+            token_name
+                .clone()
+                .or_else(|| query_name.clone())
+                .unwrap_or_else(|| user_id.to_string())
+        }),
+    };
+    let stored = match app.backend.store.admit(&room_id, &user_id, &policy).await? {
+        Admitted::Member(user) => user,
+        Admitted::NoRoom => return Ok(Err(Refusal::NotFound("room not found"))),
+        Admitted::NoUser => return Ok(Err(Refusal::NotFound("user not found"))),
+    };
+    Ok(Ok(Session {
+        room: room_id,
+        user: PresenceUser {
+            user_id,
+            username: token_name.or(query_name).unwrap_or(stored.username),
+        },
+        since: q.since.clone().filter(|s| !s.is_empty()),
+        token_expires_at: identity.and_then(|id| id.expires_at),
+    }))
+}

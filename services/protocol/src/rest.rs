@@ -1,0 +1,86 @@
+//! REST request and response bodies.
+//!
+//! Errors are `{"detail": "..."}` as the seeds' FastAPI backends return them.
+//! Request bodies tolerate unknown fields (frontends send extras) but not
+//! wrong types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{PresenceUser, RoomId, Timestamp, UserId};
+
+/// The longest username or room name accepted, in characters.
+pub const MAX_NAME_LEN: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateUser {
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateRoom {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JoinRoom {
+    pub user_id: UserId,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub joined: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublishMessage {
+    pub content: String,
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceResponse {
+    pub room_id: RoomId,
+    pub users: Vec<PresenceUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub detail: String,
+}
+
+/// Checks a username or room name: trimmed, 1 to [`MAX_NAME_LEN`] characters,
+/// no control characters. Returns the trimmed name.
+pub fn validate_name(field: &str, value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if v.chars().count() > MAX_NAME_LEN {
+        return Err(format!("{field} is longer than {MAX_NAME_LEN} characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(v.to_owned())
+}

@@ -1,0 +1,147 @@
+//! Frames the server sends, each a JSON object tagged by `type`.
+//!
+//! `message` is the contract's most rigid shape: exactly
+//! `type, id, user_id, username, content, timestamp, room_id, offset`, plus
+//! `client_id` only when the sender gave one. The golden tests pin it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, RoomId, Timestamp, UserId};
+
+/// One frame to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Connected(ConnectedFrame),
+    Presence(PresenceFrame),
+    Message(MessageFrame),
+    UserJoined(UserEventFrame),
+    UserLeft(UserEventFrame),
+    Typing(TypingFrame),
+    Ack(AckFrame),
+    Pong,
+    Error(ErrorFrame),
+}
+
+impl ServerFrame {
+    /// The frame as JSON text. Serializing these types cannot fail (no maps
+    /// with non-string keys, no custom serializers that error).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+
+    /// An `error` frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::error_for(code, message, None)
+    }
+
+    /// An `error` frame about a frame that carried `client_id`.
+    pub fn error_for(
+        code: ErrorCode,
+        message: impl Into<String>,
+        client_id: Option<String>,
+    ) -> Self {
+        ServerFrame::Error(ErrorFrame {
+            code,
+            message: message.into(),
+            client_id,
+        })
+    }
+}
+
+/// First frame after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedFrame {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub node_id: String,
+    /// The room's latest offset at connect time (0: no message yet).
+    pub offset: u64,
+    /// Changes only when the room's history was lost; offsets from another
+    /// epoch mean nothing.
+    pub epoch: String,
+    /// Present only when the client connected with `since`: false when the
+    /// retained history no longer reaches back that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// A user who is online in a room, on any node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PresenceUser {
+    pub user_id: UserId,
+    pub username: String,
+}
+
+/// Everyone online in the room; sent right after `connected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceFrame {
+    pub room_id: RoomId,
+    pub users: Vec<PresenceUser>,
+}
+
+/// A stored chat message, as every member and the history API see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFrame {
+    pub id: String,
+    pub user_id: UserId,
+    pub username: String,
+    pub content: String,
+    pub timestamp: Timestamp,
+    pub room_id: RoomId,
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl MessageFrame {
+    /// The `message` frame for this message as JSON text, without cloning it
+    /// into a [`ServerFrame`] first (this is the per-publish encode).
+    pub fn to_frame_json(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Frame<'a> {
+            Message(&'a MessageFrame),
+        }
+        serde_json::to_string(&Frame::Message(self)).expect("message frames always serialize")
+    }
+}
+
+/// `user_joined` / `user_left`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEventFrame {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub timestamp: Timestamp,
+}
+
+/// Someone started or stopped typing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingFrame {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub is_typing: bool,
+}
+
+/// To the sender only, once its message is stored and published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckFrame {
+    pub id: String,
+    pub offset: u64,
+    /// The sender's `client_id`, or null when it gave none.
+    pub client_id: Option<String>,
+}
+
+/// A refused frame; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The refused frame's `client_id`, when it had one (an extension: lets
+    /// a client fail exactly the send that was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}

@@ -1,0 +1,256 @@
+//! Golden tests: the exact JSON every frame has on the wire. A change here is
+//! a change to the contract that existing frontends speak.
+
+use roomcast_protocol::*;
+use serde_json::{Value, json};
+
+fn room() -> RoomId {
+    RoomId::parse("3f2504e0-4f89-11d3-9a0c-0305e82c3301").unwrap()
+}
+fn user() -> UserId {
+    UserId::parse("u-1").unwrap()
+}
+fn ts() -> Timestamp {
+    Timestamp::parse("2026-11-22T10:00:00.5Z").unwrap()
+}
+fn json_of(f: &ServerFrame) -> Value {
+    serde_json::from_str(&f.to_json()).unwrap()
+}
+
+fn message(client_id: Option<&str>) -> ServerFrame {
+    ServerFrame::Message(MessageFrame {
+        id: "m-1".into(),
+        user_id: user(),
+        username: "alice".into(),
+        content: "hi".into(),
+        timestamp: ts(),
+        room_id: room(),
+        offset: 7,
+        client_id: client_id.map(str::to_owned),
+    })
+}
+
+#[test]
+fn message_has_exactly_the_contract_fields() {
+    assert_eq!(
+        message(None).to_json(),
+        r#"{"type":"message","id":"m-1","user_id":"u-1","username":"alice","content":"hi","timestamp":"2026-11-22T10:00:00.500000Z","room_id":"3f2504e0-4f89-11d3-9a0c-0305e82c3301","offset":7}"#
+    );
+    let with_client = json_of(&message(Some("c-1")));
+    let mut keys: Vec<_> = with_client.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "client_id",
+            "content",
+            "id",
+            "offset",
+            "room_id",
+            "timestamp",
+            "type",
+            "user_id",
+            "username"
+        ]
+    );
+    assert_eq!(with_client["client_id"], "c-1");
+    assert!(with_client["offset"].is_u64(), "offset is a JSON integer");
+}
+
+#[test]
+fn connected_and_presence() {
+    let c = ServerFrame::Connected(ConnectedFrame {
+        room_id: room(),
+        user_id: user(),
+        username: "alice".into(),
+        node_id: "node-a".into(),
+        offset: 3,
+        epoch: "e1".into(),
+        recovered: None,
+    });
+    assert_eq!(
+        json_of(&c),
+        json!({"type":"connected","room_id":room().as_str(),"user_id":"u-1","username":"alice",
+               "node_id":"node-a","offset":3,"epoch":"e1"})
+    );
+    let ServerFrame::Connected(mut inner) = c else {
+        unreachable!()
+    };
+    inner.recovered = Some(false);
+    assert_eq!(
+        json_of(&ServerFrame::Connected(inner))["recovered"],
+        json!(false)
+    );
+
+    let p = ServerFrame::Presence(PresenceFrame {
+        room_id: room(),
+        users: vec![PresenceUser {
+            user_id: user(),
+            username: "alice".into(),
+        }],
+    });
+    assert_eq!(
+        json_of(&p),
+        json!({"type":"presence","room_id":room().as_str(),"users":[{"user_id":"u-1","username":"alice"}]})
+    );
+}
+
+#[test]
+fn events_typing_ack_pong_error() {
+    let ev = UserEventFrame {
+        room_id: room(),
+        user_id: user(),
+        username: "alice".into(),
+        timestamp: ts(),
+    };
+    let expected = |t: &str| {
+        json!({"type":t,"room_id":room().as_str(),"user_id":"u-1","username":"alice",
+               "timestamp":"2026-11-22T10:00:00.500000Z"})
+    };
+    assert_eq!(
+        json_of(&ServerFrame::UserJoined(ev.clone())),
+        expected("user_joined")
+    );
+    assert_eq!(json_of(&ServerFrame::UserLeft(ev)), expected("user_left"));
+    assert_eq!(
+        json_of(&ServerFrame::Typing(TypingFrame {
+            room_id: room(),
+            user_id: user(),
+            username: "alice".into(),
+            is_typing: true
+        })),
+        json!({"type":"typing","room_id":room().as_str(),"user_id":"u-1","username":"alice","is_typing":true})
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Ack(AckFrame {
+            id: "m-1".into(),
+            offset: 9,
+            client_id: None
+        })),
+        json!({"type":"ack","id":"m-1","offset":9,"client_id":null})
+    );
+    assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    assert_eq!(
+        ServerFrame::error(ErrorCode::RateLimited, "slow down").to_json(),
+        r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
+    );
+    assert_eq!(
+        ServerFrame::error_for(ErrorCode::TooLarge, "big", Some("c-9".into())).to_json(),
+        r#"{"type":"error","code":"too_large","message":"big","client_id":"c-9"}"#
+    );
+}
+
+#[test]
+fn every_error_code_has_its_wire_name() {
+    for (code, name) in [
+        (ErrorCode::InvalidJson, "invalid_json"),
+        (ErrorCode::UnknownType, "unknown_type"),
+        (ErrorCode::EmptyContent, "empty_content"),
+        (ErrorCode::TooLarge, "too_large"),
+        (ErrorCode::RateLimited, "rate_limited"),
+        (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::Forbidden, "forbidden"),
+    ] {
+        assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
+        assert_eq!(code.as_str(), name);
+    }
+}
+
+#[test]
+fn close_codes_are_the_contract_numbers() {
+    for (code, n) in [
+        (CloseCode::Normal, 1000),
+        (CloseCode::GoingAway, 1001),
+        (CloseCode::Protocol, 1002),
+        (CloseCode::InvalidPayload, 1007),
+        (CloseCode::Policy, 1008),
+        (CloseCode::TooLarge, 1009),
+        (CloseCode::Internal, 1011),
+        (CloseCode::Restart, 1012),
+        (CloseCode::Unauthorized, 4001),
+        (CloseCode::Forbidden, 4003),
+        (CloseCode::NotFound, 4004),
+    ] {
+        assert_eq!(code.code(), n);
+        assert_eq!(CloseCode::from_code(n), Some(code));
+    }
+}
+
+#[test]
+fn client_frames_parse_seed_and_typed_shapes() {
+    let p = |s: &str| ClientFrame::parse(s, 10);
+    assert_eq!(
+        p(r#"{"content":"hi"}"#),
+        Ok(ClientFrame::Message {
+            content: "hi".into(),
+            client_id: None
+        })
+    );
+    assert_eq!(
+        p(r#"{"content":"hi","user":"legacy-extra"}"#).unwrap(),
+        ClientFrame::Message {
+            content: "hi".into(),
+            client_id: None
+        }
+    );
+    assert_eq!(
+        p(r#"{"type":"message","content":"hi","client_id":"c-1"}"#),
+        Ok(ClientFrame::Message {
+            content: "hi".into(),
+            client_id: Some("c-1".into())
+        })
+    );
+    assert_eq!(
+        p(r#"{"type":"typing","is_typing":true}"#),
+        Ok(ClientFrame::Typing { is_typing: true })
+    );
+    assert_eq!(p(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+}
+
+#[test]
+fn client_frame_errors_carry_their_codes() {
+    let code = |s: &str| ClientFrame::parse(s, 10).unwrap_err().code;
+    assert_eq!(code("not json"), ErrorCode::InvalidJson);
+    assert_eq!(code("[1,2]"), ErrorCode::InvalidJson);
+    assert_eq!(code(r#"{"content":5}"#), ErrorCode::InvalidJson);
+    assert_eq!(code(r#"{"type":5}"#), ErrorCode::InvalidJson);
+    assert_eq!(
+        code(r#"{"type":"typing","is_typing":"yes"}"#),
+        ErrorCode::InvalidJson
+    );
+    assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+    assert_eq!(code(r#"{"content":"   "}"#), ErrorCode::EmptyContent);
+    assert_eq!(code(r#"{"type":"message"}"#), ErrorCode::EmptyContent);
+    assert_eq!(code(r#"{}"#), ErrorCode::EmptyContent);
+    assert_eq!(code(r#"{"content":"01234567890"}"#), ErrorCode::TooLarge);
+    let long_id = format!(r#"{{"content":"x","client_id":"{}"}}"#, "c".repeat(200));
+    assert_eq!(code(&long_id), ErrorCode::InvalidJson);
+    let err = ClientFrame::parse(r#"{"content":"","client_id":"c-2"}"#, 10).unwrap_err();
+    assert_eq!(
+        (err.code, err.client_id.as_deref()),
+        (ErrorCode::EmptyContent, Some("c-2"))
+    );
+    assert_eq!(client_id_of("not json"), None);
+}
+
+#[test]
+fn rest_bodies() {
+    let u = rest::User {
+        id: user(),
+        username: "alice".into(),
+        created_at: ts(),
+    };
+    assert_eq!(
+        serde_json::to_value(&u).unwrap(),
+        json!({"id":"u-1","username":"alice","created_at":"2026-11-22T10:00:00.500000Z"})
+    );
+    assert_eq!(
+        serde_json::to_value(rest::ErrorBody {
+            detail: "Room not found".into()
+        })
+        .unwrap(),
+        json!({"detail":"Room not found"})
+    );
+    assert!(rest::validate_name("username", "  ").is_err());
+    assert_eq!(rest::validate_name("username", " bob ").unwrap(), "bob");
+}

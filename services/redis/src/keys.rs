@@ -1,0 +1,106 @@
+//! Every Redis key and channel roomcast uses, in one place.
+//!
+//! Ids are validated (`A-Z a-z 0-9 - _ .`, see `roomcast_protocol::ids`)
+//! before they get here, so `:` always separates parts and one room's id
+//! can never name another room's keys.
+
+use roomcast_protocol::{RoomId, UserId};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn k(&self, parts: &[&str]) -> String {
+        let mut s = self.prefix.clone();
+        for p in parts {
+            s.push(':');
+            s.push_str(p);
+        }
+        s
+    }
+
+    /// HASH `username`, `created_at` (micros).
+    pub fn user(&self, id: &UserId) -> String {
+        self.k(&["user", id.as_str()])
+    }
+    /// ZSET user ids by creation time.
+    pub fn users(&self) -> String {
+        self.k(&["users"])
+    }
+    /// HASH `name`, `created_at`.
+    pub fn room(&self, id: &RoomId) -> String {
+        self.k(&["room", id.as_str()])
+    }
+    /// ZSET room ids by creation time.
+    pub fn rooms(&self) -> String {
+        self.k(&["rooms"])
+    }
+    /// SET of user ids that joined the room.
+    pub fn members(&self, room: &RoomId) -> String {
+        self.k(&["members", room.as_str()])
+    }
+    /// The room's offset counter.
+    pub fn seq(&self, room: &RoomId) -> String {
+        self.k(&["seq", room.as_str()])
+    }
+    /// STREAM of stored frames; entry id `<offset>-0`.
+    pub fn log(&self, room: &RoomId) -> String {
+        self.k(&["log", room.as_str()])
+    }
+    /// The room's history epoch.
+    pub fn epoch(&self, room: &RoomId) -> String {
+        self.k(&["epoch", room.as_str()])
+    }
+    /// Pub/sub channel of the room.
+    pub fn channel(&self, room: &RoomId) -> String {
+        self.k(&["ch", room.as_str()])
+    }
+    /// The prefix of room channels, to read a room id back from a channel.
+    pub fn channel_prefix(&self) -> String {
+        self.k(&["ch", ""])
+    }
+    /// A node's own channel, for the pub/sub round-trip health check.
+    pub fn node_channel(&self, node: &str) -> String {
+        self.k(&["nodech", node])
+    }
+    /// HASH user id → username of everyone online in the room.
+    pub fn presence(&self, room: &RoomId) -> String {
+        self.k(&["pres", room.as_str()])
+    }
+    /// SET of connection keys of one user in one room.
+    pub fn presence_conns(&self, room: &RoomId, user: &UserId) -> String {
+        self.k(&["pconn", room.as_str(), user.as_str()])
+    }
+    /// SET of rooms that have anyone online (for the online-users count).
+    pub fn presence_rooms(&self) -> String {
+        self.k(&["presrooms"])
+    }
+    /// SET of `room user conn` entries a node holds, for the sweeper.
+    pub fn node_conns(&self, node: &str) -> String {
+        self.k(&["nodeconns", node])
+    }
+    /// A node's lease: exists while the node heartbeats.
+    pub fn lease(&self, node: &str) -> String {
+        self.k(&["lease", node])
+    }
+    /// SET of node ids that hold (or held) a lease.
+    pub fn nodes(&self) -> String {
+        self.k(&["nodes"])
+    }
+    /// The sweeper leader lock.
+    pub fn sweeper_leader(&self) -> String {
+        self.k(&["sweeper", "leader"])
+    }
+}

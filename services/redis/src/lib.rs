@@ -1,0 +1,129 @@
+//! roomcast on Redis: the store, history, broker and presence traits of
+//! `roomcast-core` implemented on one Redis, so any number of edge nodes
+//! behave as one chat server.
+//!
+//! - [`client`]: the command pool (deadpool-redis) with per-operation deadlines.
+//! - [`keys`]: every key and channel name.
+//! - [`scripts`]: the Lua scripts behind each atomic step.
+//! - [`store`], [`history`], [`presence`]: the trait implementations.
+//! - [`broker`] and [`session`]: publishing, and the node's one pub/sub
+//!   connection with resubscribe, gap backfill and the round-trip health check.
+//! - [`liveness`]: node leases and the sweeper for dead nodes' presence.
+//! - [`envelope`]: the wire format between nodes.
+
+pub mod broker;
+pub mod client;
+pub mod envelope;
+pub mod history;
+pub mod keys;
+pub mod liveness;
+pub mod presence;
+pub mod scripts;
+pub mod session;
+pub mod store;
+
+use std::sync::Arc;
+
+use roomcast_core::hub::Hub;
+use roomcast_core::{Backend, BackendError, BackendStats};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use client::Redis;
+pub use liveness::Timing;
+
+/// What a node needs to run on Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub url: String,
+    pub key_prefix: String,
+    pub node_id: String,
+    pub history_len: usize,
+    pub pool_size: usize,
+    pub timing: Timing,
+    /// Hold a presence lease (every edge does).
+    pub lease: bool,
+    /// Also run the dead-node sweeper in this process.
+    pub sweeper: bool,
+}
+
+/// The background tasks of a Redis backend.
+#[derive(Debug)]
+pub struct RedisTasks {
+    pub tracker: TaskTracker,
+}
+
+impl RedisTasks {
+    /// Waits for the tasks to finish after shutdown was signalled.
+    pub async fn wait(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Builds the backend and starts its tasks (pub/sub session, lease,
+/// optional sweeper). Does not wait for Redis: a node whose Redis is down
+/// starts and reports not ready until it is up.
+pub fn start(
+    opts: &RedisOptions,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> Result<(Backend, RedisTasks), BackendError> {
+    let redis = Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?;
+    let stats = Arc::new(BackendStats::default());
+    let shared = Arc::new(broker::Shared {
+        stats: stats.clone(),
+        subscribed: Default::default(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let backend = Backend {
+        store: Arc::new(store::RedisStore::new(redis.clone())),
+        history: Arc::new(history::RedisHistory::new(redis.clone())),
+        broker: Arc::new(broker::RedisBroker::new(
+            redis.clone(),
+            &opts.node_id,
+            opts.history_len,
+            tx,
+            shared.clone(),
+        )),
+        presence: Arc::new(presence::RedisPresence::with_stats(
+            redis.clone(),
+            stats.clone(),
+        )),
+        stats: stats.clone(),
+    };
+    let tracker = TaskTracker::new();
+    let session = session::Session::new(
+        redis.clone(),
+        hub.clone(),
+        &opts.node_id,
+        rx,
+        shared,
+        shutdown.clone(),
+    );
+    tracker.spawn(session.run());
+    if opts.lease {
+        tracker.spawn(liveness::hold_lease(
+            redis.clone(),
+            opts.node_id.clone(),
+            hub,
+            stats.clone(),
+            opts.timing,
+            shutdown.clone(),
+        ));
+    }
+    if opts.sweeper {
+        tracker.spawn(liveness::run_sweeper(redis, stats, opts.timing, shutdown));
+    }
+    Ok((backend, RedisTasks { tracker }))
+}
+
+/// `PING` on a pooled connection (for readiness checks).
+pub async fn redis_ping(c: &mut deadpool_redis::Connection) -> Result<(), BackendError> {
+    redis::cmd("PING")
+        .query_async::<String>(c)
+        .await
+        .map(|_| ())
+        .map_err(client::unavailable)
+}

@@ -1,0 +1,334 @@
+//! Node leases and the sweeper that clears the presence of dead nodes.
+//!
+//! Every edge holds a lease (`lease:<node>`, a key with a TTL) and renews it
+//! every `interval`. The sweeper (in `roomcast-presence`, or in-process on
+//! an edge) runs on one leader at a time (a lock with expiry) and, for each
+//! known node whose lease is gone, atomically removes its connections from
+//! presence and publishes `user_left` for every user who has no connection
+//! left anywhere. With the default 1 s heartbeat, 3 s TTL and 0.5 s sweep,
+//! a killed node's users are announced left within about 3.5 s, while a
+//! live node can miss two heartbeats before anyone thinks it dead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast_core::envelope::Envelope;
+use roomcast_core::hub::{Hub, KillReason};
+use roomcast_core::{BackendError, BackendStats};
+use roomcast_protocol::{RoomId, ServerFrame, Timestamp, UserEventFrame, UserId};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Redis, unavailable};
+use crate::envelope;
+use crate::presence::RedisPresence;
+use crate::scripts::{LEASE, LOCK, SWEEP_NODE};
+use roomcast_core::presence::Presence;
+
+/// Lease and sweep timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub lease_ttl: Duration,
+    pub sweep_every: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(3),
+            sweep_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Removes `node`'s connections from presence (only if its lease is gone,
+/// unless `force`) and announces `user_left` for users now gone. Returns
+/// how many were announced.
+pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, BackendError> {
+    let k = &redis.keys;
+    let left: Vec<String> = redis
+        .timed(async {
+            let mut c = redis.conn().await?;
+            SWEEP_NODE
+                .key(k.node_conns(node))
+                .key(k.lease(node))
+                .key(k.nodes())
+                .key(k.presence_rooms())
+                .arg(k.prefix())
+                .arg(node)
+                .arg(if force { "1" } else { "0" })
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+    let mut announced = 0;
+    for triple in left.chunks_exact(3) {
+        let (Ok(room), Ok(user)) = (RoomId::parse(&triple[0]), UserId::parse(&triple[1])) else {
+            continue;
+        };
+        announce_left(redis, &room, user, triple[2].clone()).await?;
+        announced += 1;
+    }
+    if announced > 0 {
+        tracing::info!(node, users = announced, "swept presence of a dead node");
+    }
+    Ok(announced)
+}
+
+/// Publishes `user_left` for a user whose last connection in `room` went
+/// without its node saying so.
+async fn announce_left(
+    redis: &Redis,
+    room: &RoomId,
+    user: UserId,
+    username: String,
+) -> Result<(), BackendError> {
+    let frame = ServerFrame::UserLeft(UserEventFrame {
+        room_id: room.clone(),
+        user_id: user,
+        username,
+        timestamp: Timestamp::now(),
+    });
+    let payload = envelope::encode_event(&Envelope::event(
+        room.clone(),
+        Bytes::from(frame.to_json()),
+        None,
+        "sweeper".into(),
+    ));
+    redis.publish(redis.keys.channel(room), payload).await
+}
+
+/// Removes this node's presence entries that no local connection backs any
+/// more (a connection that ended while Redis was unreachable could not
+/// remove its own), announcing `user_left` where it was a user's last.
+/// Returns how many entries were removed.
+pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, BackendError> {
+    // Redis first, the hub second: an entry exists only after its
+    // connection joined the hub, so a live connection is always in the
+    // snapshot taken afterwards.
+    let entries: Vec<String> = redis
+        .timed(async {
+            let mut c = redis.conn().await?;
+            redis::cmd("SMEMBERS")
+                .arg(redis.keys.node_conns(node))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+    let live: std::collections::HashSet<String> = hub
+        .local_connections()
+        .into_iter()
+        .map(|(room, user, conn)| format!("{room} {user} {node}/{conn}"))
+        .collect();
+    let presence = RedisPresence::new(redis.clone());
+    let mut removed = 0;
+    for entry in entries.iter().filter(|e| !live.contains(*e)) {
+        let mut parts = entry.split(' ');
+        let (Some(room), Some(user), Some(conn)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(room), Ok(user)) = (RoomId::parse(room), UserId::parse(user)) else {
+            continue;
+        };
+        let username = presence
+            .list(&room)
+            .await?
+            .into_iter()
+            .find(|u| u.user_id == user)
+            .map_or_else(|| user.to_string(), |u| u.username);
+        if presence.remove(&room, &user, conn).await? {
+            announce_left(redis, &room, user, username).await?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(
+            node,
+            removed,
+            "removed presence entries of connections that ended during an outage"
+        );
+    }
+    Ok(removed)
+}
+
+/// Holds this node's lease until shutdown. First clears what an earlier
+/// life of the same node id left behind. If the lease is ever found lost
+/// (Redis unreachable for longer than the TTL, so the sweeper may have
+/// announced this node's users as gone), every local client is told to
+/// reconnect, which re-registers its presence.
+pub async fn hold_lease(
+    redis: Redis,
+    node: String,
+    hub: Arc<Hub>,
+    stats: Arc<BackendStats>,
+    timing: Timing,
+    shutdown: CancellationToken,
+) {
+    let owner = uuid::Uuid::new_v4().to_string();
+    let mut first = true;
+    let mut tick = tokio::time::interval(timing.heartbeat);
+    // Good renewals to wait before reconciling presence (None: not due).
+    // After an outage, waiting one beat gives other nodes time to
+    // resubscribe, so they hear the `user_left` it may publish.
+    let mut reconcile_in: Option<u32> = None;
+    let mut beats: u64 = 0;
+    let mut reconnects = BackendStats::get(&stats.broker_reconnects);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if first {
+            match sweep_node(&redis, &node, true).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot clear this node's earlier presence yet");
+                    continue;
+                }
+            }
+        }
+        let k = &redis.keys;
+        let renewed: Result<i64, BackendError> = redis
+            .timed(async {
+                let mut c = redis.conn().await?;
+                LEASE
+                    .key(k.lease(&node))
+                    .key(k.nodes())
+                    .arg(&node)
+                    .arg(&owner)
+                    .arg(timing.lease_ttl.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await;
+        let ok = renewed.is_ok();
+        match renewed {
+            Ok(1) => {}
+            Ok(_) if first => tracing::info!(node, "presence lease taken"),
+            Ok(_) => {
+                let n = hub.kill_all(KillReason::Resync);
+                tracing::error!(
+                    node,
+                    connections = n,
+                    "presence lease was lost (Redis unreachable past the TTL, or another process uses this NODE_ID); asking clients to reconnect"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                reconcile_in = Some(2);
+            }
+        }
+        first = false;
+        beats += 1;
+        // An outage since the last beat (the pub/sub session reconnected) or
+        // a removal that failed: entries may be stale.
+        let now_reconnects = BackendStats::get(&stats.broker_reconnects);
+        if now_reconnects != reconnects
+            || stats
+                .presence_dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            reconnects = now_reconnects;
+            reconcile_in.get_or_insert(2);
+        }
+        if ok {
+            if beats.is_multiple_of(30) {
+                reconcile_in.get_or_insert(1);
+            }
+            reconcile_in = match reconcile_in {
+                Some(n) if n > 1 => Some(n - 1),
+                Some(_) => match reconcile(&redis, &node, &hub).await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence reconcile failed; will retry");
+                        Some(1)
+                    }
+                },
+                None => None,
+            };
+        }
+    }
+    // Stop renewing and let the lease lapse: the drain that follows removes
+    // each connection from presence itself, and whatever a drain cut short
+    // is cleared by the sweeper once the TTL is over. Giving the lease back
+    // now would let the sweeper race the drain.
+}
+
+/// Sweeps dead nodes while this process leads; until shutdown.
+pub async fn run_sweeper(
+    redis: Redis,
+    stats: Arc<BackendStats>,
+    timing: Timing,
+    shutdown: CancellationToken,
+) {
+    let owner = uuid::Uuid::new_v4().to_string();
+    let lock_ttl = (timing.sweep_every * 6).max(Duration::from_secs(3));
+    let mut tick = tokio::time::interval(timing.sweep_every);
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sweep_once(&redis, &owner, lock_ttl).await {
+            Ok(Some(announced)) => {
+                if !leading {
+                    tracing::info!("presence sweeper leading");
+                }
+                leading = true;
+                BackendStats::add(&stats.presence_sweeps, 1);
+                BackendStats::add(&stats.presence_swept_users, announced);
+            }
+            Ok(None) => leading = false,
+            Err(e) => {
+                BackendStats::add(&stats.presence_sweep_errors, 1);
+                tracing::warn!(error = %e, "presence sweep failed");
+            }
+        }
+    }
+}
+
+/// One pass: `None` when another process leads.
+async fn sweep_once(
+    redis: &Redis,
+    owner: &str,
+    lock_ttl: Duration,
+) -> Result<Option<u64>, BackendError> {
+    let k = &redis.keys;
+    let (lead, nodes): (i64, Vec<String>) = redis
+        .timed(async {
+            let mut c = redis.conn().await?;
+            let lead: i64 = LOCK
+                .key(k.sweeper_leader())
+                .arg(owner)
+                .arg(lock_ttl.as_millis() as u64)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let nodes: Vec<String> = if lead == 1 {
+                redis::cmd("SMEMBERS")
+                    .arg(k.nodes())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?
+            } else {
+                Vec::new()
+            };
+            Ok((lead, nodes))
+        })
+        .await?;
+    if lead != 1 {
+        return Ok(None);
+    }
+    let mut announced = 0;
+    for node in nodes {
+        announced += sweep_node(redis, &node, false).await?;
+    }
+    Ok(Some(announced))
+}

@@ -1,0 +1,182 @@
+//! Cluster-wide presence in Redis.
+//!
+//! Per room: a hash `user → username` of who is online, and per user a set
+//! of connection keys (`node/conn`). Per node: a set of the `room user conn`
+//! entries it holds, so that when the node dies the sweeper knows exactly
+//! what to remove. Add and remove are Lua scripts: the "first connection"
+//! and "last connection" decisions are atomic, so `user_joined` and
+//! `user_left` are announced once for the whole cluster.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use roomcast_core::presence::Presence;
+use roomcast_core::{BackendError, BackendStats};
+use roomcast_protocol::{PresenceUser, RoomId, UserId};
+
+use crate::client::{Redis, unavailable};
+use crate::scripts::{PRESENCE_ADD, PRESENCE_JOIN, PRESENCE_REMOVE};
+
+#[derive(Debug, Clone)]
+pub struct RedisPresence {
+    redis: Redis,
+    /// Where a failed removal is flagged for the node to reconcile.
+    stats: Option<Arc<BackendStats>>,
+}
+
+impl RedisPresence {
+    pub fn new(redis: Redis) -> Self {
+        Self { redis, stats: None }
+    }
+
+    /// Flags `stats.presence_dirty` when a removal fails.
+    pub fn with_stats(redis: Redis, stats: Arc<BackendStats>) -> Self {
+        Self {
+            redis,
+            stats: Some(stats),
+        }
+    }
+
+    async fn change(
+        &self,
+        add: bool,
+        room: &RoomId,
+        user: &UserId,
+        username: &str,
+        conn: &str,
+    ) -> Result<bool, BackendError> {
+        // Connection keys are `node/conn`; the node part files the entry
+        // under that node for the sweeper.
+        let node = conn.split('/').next().unwrap_or(conn);
+        let k = &self.redis.keys;
+        let script = if add {
+            &*PRESENCE_ADD
+        } else {
+            &*PRESENCE_REMOVE
+        };
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let changed: i64 = script
+                    .key(k.presence_conns(room, user))
+                    .key(k.presence(room))
+                    .key(k.node_conns(node))
+                    .key(k.presence_rooms())
+                    .arg(conn)
+                    .arg(user.as_str())
+                    .arg(username)
+                    .arg(format!("{room} {user} {conn}"))
+                    .arg(room.as_str())
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    /// Users online across all rooms (a user in two rooms counts twice).
+    pub async fn online_count(&self) -> Result<u64, BackendError> {
+        let k = &self.redis.keys;
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let rooms: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(k.presence_rooms())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let mut pipe = redis::pipe();
+                for r in rooms.iter().filter_map(|r| RoomId::parse(r).ok()) {
+                    pipe.cmd("HLEN").arg(k.presence(&r));
+                }
+                let lens: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+                Ok(lens.iter().sum())
+            })
+            .await
+    }
+}
+
+/// The users of a presence hash's `HGETALL`, ordered by user id.
+fn users_of(all: Vec<(String, String)>) -> Vec<PresenceUser> {
+    let mut users: Vec<PresenceUser> = all
+        .into_iter()
+        .filter_map(|(id, username)| {
+            Some(PresenceUser {
+                user_id: UserId::parse(&id).ok()?,
+                username,
+            })
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn add(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+    ) -> Result<bool, BackendError> {
+        self.change(true, room, &user.user_id, &user.username, conn)
+            .await
+    }
+
+    async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
+        let removed = self.change(false, room, user, "", conn).await;
+        if removed.is_err()
+            && let Some(stats) = &self.stats
+        {
+            stats.presence_dirty.store(true, Ordering::Release);
+        }
+        removed
+    }
+
+    async fn join(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        let node = conn.split('/').next().unwrap_or(conn);
+        let k = &self.redis.keys;
+        let room_id = room;
+        let user_id = &user.user_id;
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let (first, all): (i64, Vec<(String, String)>) = PRESENCE_JOIN
+                    .key(k.presence_conns(room_id, user_id))
+                    .key(k.presence(room_id))
+                    .key(k.node_conns(node))
+                    .key(k.presence_rooms())
+                    .arg(conn)
+                    .arg(user_id.as_str())
+                    .arg(&user.username)
+                    .arg(format!("{room_id} {user_id} {conn}"))
+                    .arg(room_id.as_str())
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok((first == 1, users_of(all)))
+            })
+            .await
+    }
+
+    async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError> {
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(self.redis.keys.presence(room))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(users_of(all))
+            })
+            .await
+    }
+}

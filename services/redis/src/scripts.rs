@@ -1,0 +1,213 @@
+//! The Lua scripts that make multi-key steps atomic. Redis runs a script
+//! to completion before any other command, so what a script decides (the
+//! next offset, first/last connection of a user) no two nodes can both
+//! decide. Scripts are sent by SHA and loaded on first use (`Script`
+//! handles `NOSCRIPT`), so a restarted Redis needs nothing from us.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Stores and publishes one message.
+/// KEYS: seq, log, epoch. ARGV: max_len, epoch candidate, channel,
+/// frame prefix, frame suffix, envelope prefix, envelope suffix.
+/// Returns `{offset, epoch}`.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local offset = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[2], 'NX')
+local epoch = redis.call('GET', KEYS[3])
+local frame = ARGV[4] .. offset .. ARGV[5]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame)
+redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. '|' .. epoch .. ARGV[7] .. frame)
+return {offset, epoch}
+",
+    )
+});
+
+/// Reads history and the position in one atomic step.
+/// KEYS: seq, log, epoch. ARGV: epoch candidate, mode (`after`|`latest`),
+/// first offset wanted (for `after`), count.
+/// Returns `{epoch, latest offset, oldest retained offset (0: none), {frames...}, {offsets...}}`.
+pub static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[3], ARGV[1], 'NX')
+local epoch = redis.call('GET', KEYS[3])
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local oldest = 0
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local entries
+if ARGV[2] == 'latest' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+else
+  entries = redis.call('XRANGE', KEYS[2], ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
+end
+local frames = {}
+local offsets = {}
+for i, e in ipairs(entries) do
+  frames[i] = e[2][2]
+  offsets[i] = tonumber(string.match(e[1], '^(%d+)'))
+end
+return {epoch, seq, oldest, frames, offsets}
+",
+    )
+});
+
+/// Gets or creates a user. KEYS: user hash, users zset.
+/// ARGV: id, username, created micros. Returns `{username, created}`.
+pub static ENSURE_ENTITY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'name', ARGV[2], 'created_at', ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+return redis.call('HMGET', KEYS[1], 'name', 'created_at')
+",
+    )
+});
+
+/// Adds a connection to presence. KEYS: pconn, pres, nodeconns, presrooms.
+/// ARGV: conn, user, username, nodeconns entry, room. Returns 1 when it is
+/// the user's first connection in the room.
+pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[5])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Removes a connection. KEYS and ARGV as for add. Returns 1 when it was the
+/// user's last connection in the room.
+pub static PRESENCE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[3], ARGV[4])
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[4], ARGV[5]) end
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Removes every connection of a node whose lease is gone. KEYS: nodeconns,
+/// lease, nodes, presrooms. ARGV: key prefix, node, force (1: sweep even
+/// with a lease, for a node sweeping its own previous life).
+/// Returns a flat list `room, user, username, ...` of users now gone.
+///
+/// The per-room keys are derived inside the script from the entries, so this
+/// script assumes a single Redis (not Redis Cluster).
+pub static SWEEP_NODE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+local left = {}
+for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local room, user, conn = string.match(e, '^(%S+) (%S+) (%S+)$')
+  if room then
+    local pconn = ARGV[1] .. ':pconn:' .. room .. ':' .. user
+    local pres = ARGV[1] .. ':pres:' .. room
+    if redis.call('SREM', pconn, conn) == 1 and redis.call('SCARD', pconn) == 0 then
+      local name = redis.call('HGET', pres, user) or user
+      redis.call('HDEL', pres, user)
+      if redis.call('HLEN', pres) == 0 then redis.call('SREM', KEYS[4], room) end
+      table.insert(left, room)
+      table.insert(left, user)
+      table.insert(left, name)
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '1' then redis.call('SREM', KEYS[3], ARGV[2]) end
+return left
+",
+    )
+});
+
+/// Renews a node's lease. KEYS: lease, nodes. ARGV: node, owner, ttl ms.
+/// Returns 1 if the lease was still ours, 0 if it had expired or was taken
+/// (then it is taken again).
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1]) == ARGV[2]
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+if held then return 1 end
+return 0
+",
+    )
+});
+
+/// Takes or renews a lock. KEYS: lock. ARGV: owner, ttl ms. Returns 1 when
+/// the caller holds it afterwards.
+pub static LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// A connect's directory step. KEYS: room hash, rooms zset, user hash,
+/// users zset, members set. ARGV: room id, create room (0/1), user id,
+/// create user (0/1), username for a new user, now (micros).
+/// Returns `{0}` no room, `{1}` no user, or `{2, username, created_at}`.
+pub static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[2] ~= '1' then return {0} end
+  redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_at', ARGV[6])
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+end
+local user = redis.call('HMGET', KEYS[3], 'name', 'created_at')
+if not user[1] then
+  if ARGV[4] ~= '1' then return {1} end
+  redis.call('HSET', KEYS[3], 'name', ARGV[5], 'created_at', ARGV[6])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+  user = {ARGV[5], ARGV[6]}
+end
+redis.call('SADD', KEYS[5], ARGV[3])
+return {2, user[1], user[2]}
+",
+    )
+});
+
+/// [`PRESENCE_ADD`], then everyone online: returns `{first (0/1), {user,
+/// username, user, username, ...}}`. Same KEYS and ARGV.
+pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local first = 0
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[5])
+  first = 1
+end
+return {first, redis.call('HGETALL', KEYS[2])}
+",
+    )
+});

@@ -1,0 +1,503 @@
+//! Harness for end-to-end tests: starts the real `roomcast-edge` binary on a
+//! free loopback port, and talks to it with a small HTTP client and a real
+//! WebSocket client. Processes are stopped by PID when the handle drops.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The workspace's target directory, found from this test executable
+/// (`target/<profile>/deps/<test>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Path to a workspace binary, built once per test process so it is never
+/// stale (cargo does nothing when it is fresh).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        cmd.current_dir(root)
+            .args(["build", "--workspace", "--bins", "--quiet"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    dir.join(name)
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Path to a file under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A running `roomcast-edge` process.
+#[derive(Debug)]
+pub struct Edge {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Edge {
+    /// Starts an edge on a free port with these environment variables (on
+    /// top of a clean environment) and waits until `/health` answers.
+    pub async fn start(env: &[(&str, &str)]) -> Edge {
+        Self::start_bin("roomcast-edge", env).await
+    }
+
+    /// Starts an edge on a given port (e.g. to restart one where it was).
+    pub async fn start_on(port: u16, env: &[(&str, &str)]) -> Edge {
+        Self::spawn("roomcast-edge", port, env).await
+    }
+
+    /// Starts another of the workspace's servers (e.g. `roomcast-presence`).
+    pub async fn start_bin(name: &str, env: &[(&str, &str)]) -> Edge {
+        Self::spawn(name, free_port(), env).await
+    }
+
+    async fn spawn(name: &str, port: u16, env: &[(&str, &str)]) -> Edge {
+        let mut cmd = Command::new(binary(name));
+        cmd.env_clear()
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env(
+                "RUST_LOG",
+                std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let edge = Edge {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = edge.try_request("GET", "/health", &[], None).await
+                && r.status == 200
+            {
+                return edge;
+            }
+            assert!(Instant::now() < deadline, "edge did not become healthy");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A handle on a port served by some other process (no process owned).
+    pub fn attach(port: u16) -> Edge {
+        Edge { port, child: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        self.wait_ready_status(200, Duration::from_secs(20)).await;
+    }
+
+    /// Waits until `/ready` answers `status`; how long it took.
+    pub async fn wait_ready_status(&self, status: u16, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.try_request("GET", "/ready", &[], None).await
+                && r.status == status
+            {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "/ready did not answer {status} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL): no drain, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (e.g. `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<Resp, String> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("127.0.0.1:{}", self.port));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned())))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// An HTTP request; panics if the node cannot be reached.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// The status of `GET path`, or `None` if nothing answers yet.
+    pub async fn try_status(&self, path: &str) -> Option<u16> {
+        self.try_request("GET", path, &[], None)
+            .await
+            .ok()
+            .map(|r| r.status)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.request("POST", path, &[], Some(&body.to_string()))
+            .await
+    }
+
+    /// Creates a user over REST; its id.
+    pub async fn user(&self, name: &str) -> String {
+        let r = self
+            .post("/users", &serde_json::json!({"username": name}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Creates a room over REST; its id.
+    pub async fn room(&self, name: &str) -> String {
+        let r = self
+            .post("/rooms", &serde_json::json!({"name": name}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The value of a metric sample, e.g. `roomcast_connections` or
+    /// `roomcast_connections_closed_total{reason="slow_consumer"}`; 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").await.body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+mod redis;
+pub use redis::RedisServer;
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client.
+#[derive(Debug)]
+pub struct Client {
+    pub ws: Stream,
+}
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code and reason.
+    Code(u16, String),
+    /// The connection ended without a close frame.
+    Abrupt(String),
+}
+
+impl Closed {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Closed::Code(c, _) => Some(*c),
+            Closed::Abrupt(_) => None,
+        }
+    }
+}
+
+impl Client {
+    /// Connects with extra request headers.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let config = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(req, Some(config), false).await?;
+        Ok(Client { ws })
+    }
+
+    pub async fn connect(url: &str) -> Client {
+        Self::connect_with(url, &[])
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// Connects and reads `connected` and `presence`; returns both.
+    pub async fn join(url: &str) -> (Client, Value, Value) {
+        let mut c = Self::connect(url).await;
+        let connected = c.next_json().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        let presence = c.next_json().await;
+        assert_eq!(presence["type"], "presence", "{presence}");
+        (c, connected, presence)
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// The next text frame as JSON within 5 s; panics on anything else.
+    pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(Duration::from_secs(5))
+            .await
+            .expect("a frame within the deadline")
+    }
+
+    /// The next text frame as JSON, or `None` if none came in time.
+    pub async fn next_json_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of this type, skipping others (presence noise).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts that no text frame arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Some(v) = self.next_json_within(within).await {
+            panic!("expected no frame, got {v}");
+        }
+    }
+
+    /// Reads until the socket closes (skipping data frames); how it closed.
+    pub async fn closed(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("socket did not close"),
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return Closed::Code(f.code.into(), f.reason.to_string());
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return Closed::Code(1005, String::new()),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Closed::Abrupt(e.to_string()),
+                Ok(None) => return Closed::Abrupt("stream ended".into()),
+            }
+        }
+    }
+}
+
+/// An HS256 token for `sub` with extra claims, expiring in an hour.
+pub fn hs256(secret: &str, sub: &str, extra: Value) -> String {
+    let mut claims = serde_json::json!({"sub": sub, "exp": now() + 3600});
+    merge(&mut claims, extra);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+/// An RS256 token signed with the test private key.
+pub fn rs256(sub: &str, extra: Value) -> String {
+    let mut claims = serde_json::json!({"sub": sub, "exp": now() + 3600});
+    merge(&mut claims, extra);
+    let pem = std::fs::read(fixture("jwt-test-private.pem")).expect("test key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("pem"),
+    )
+    .expect("encode token")
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Observability that stays honest: the alert rules pass promtool's checks
+//! and unit tests, and a real Prometheus scraping live nodes (two edges and
+//! the presence service on one Redis, with traffic flowing) evaluates every
+//! dashboard query with data and every alert rule without error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roomcast_tests::{Client, Edge, RedisServer, free_port};
+use serde_json::{Value, json};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .output()
+        .expect("promtool (the prometheus package; scripts/test.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_alert_rules() {
+    let dir = repo("deploy/prometheus");
+    let text = promtool(&["check", "rules", dir.join("alerts.yml").to_str().unwrap()]);
+    assert!(text.contains("6 rules found"), "{text}");
+    promtool(&[
+        "test",
+        "rules",
+        dir.join("alerts_test.yml").to_str().unwrap(),
+    ]);
+    promtool(&[
+        "check",
+        "config",
+        dir.join("prometheus.yml").to_str().unwrap(),
+    ]);
+}
+
+/// A Prometheus of our own, killed on drop.
+struct Prometheus {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_prometheus(edges: &[u16], presence: u16) -> Prometheus {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roomcast-prom-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let targets = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: roomcast-edge\n    static_configs:\n      - targets: [{}]\n  - job_name: roomcast-presence\n    static_configs:\n      - targets: [{}]\n",
+        repo("deploy/prometheus/alerts.yml").display(),
+        targets(edges),
+        targets(&[presence]),
+    );
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (scripts/test.sh installs it)");
+    Prometheus { port, child, dir }
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn query(prom: &Edge, expr: &str) -> Result<Vec<Value>, String> {
+    let r = prom
+        .get(&format!("/api/v1/query?query={}", encode(expr)))
+        .await;
+    let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The metric names an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("roomcast_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_and_alert_evaluates_against_live_nodes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for id in ["obs-a", "obs-b"] {
+        let e = Edge::start(&[("REDIS_URL", url.as_str()), ("NODE_ID", id)]).await;
+        e.wait_ready().await;
+        nodes.push(e);
+    }
+    let presence = Edge::start_bin("roomcast-presence", &[("REDIS_URL", url.as_str())]).await;
+    let _prom_process = start_prometheus(&[nodes[0].port, nodes[1].port], presence.port);
+    let prom = Edge::attach(_prom_process.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom.try_status("/-/ready").await != Some(200) {
+        assert!(Instant::now() < deadline, "prometheus not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Traffic on both nodes, plus the events the health panels show.
+    let room = nodes[0].room("busy").await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let u = node.user(&format!("u{i}{j}")).await;
+            clients.push(
+                Client::join(&node.ws_url(&format!("/ws/{room}/{u}")))
+                    .await
+                    .0,
+            );
+        }
+    }
+    let refused = nodes[1].user("r").await;
+    let mut nope = Client::connect(&nodes[1].ws_url(&format!("/ws/no-room/{refused}"))).await;
+    assert_eq!(nope.closed().await.code(), Some(4004));
+    let flood_user = nodes[0].user("flooder").await;
+    let (mut flooder, _, _) =
+        Client::join(&nodes[0].ws_url(&format!("/ws/{room}/{flood_user}"))).await;
+    for _ in 0..100 {
+        flooder.send_text(r#"{"type":"ping"}"#).await;
+    }
+    assert_eq!(flooder.closed().await.code(), Some(1008));
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let c = &mut clients[n % 4];
+        c.send_json(&json!({"content": format!("m{n}")})).await;
+        n += 1;
+        if n == 10 {
+            let u = nodes[1].user("late").await;
+            let (mut late, _, _) =
+                Client::join(&nodes[1].ws_url(&format!("/ws/{room}/{u}?since=1"))).await;
+            late.ws.close(None).await.unwrap();
+        }
+        // Keep every client's queue drained.
+        for c in clients.iter_mut() {
+            while c.next_json_within(Duration::from_millis(1)).await.is_some() {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut failures = Vec::new();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("grafana/dashboards/roomcast.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "panel {} uses the datasource variable",
+                panel["title"]
+            );
+            let concrete = expr
+                .replace("$node", ".*")
+                .replace("$__rate_interval", "15s");
+            match query(&prom, &concrete).await {
+                Ok(r) if r.is_empty() => {
+                    failures.push(format!("{}: no series for {expr}", panel["title"]))
+                }
+                Ok(_) => checked += 1,
+                Err(e) => failures.push(format!("{}: {expr}: {e}", panel["title"])),
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} queries checked");
+
+    // Every alert rule was evaluated by Prometheus itself without error, and
+    // every metric it names exists.
+    let rules: Value = serde_json::from_str(&prom.get("/api/v1/rules").await.body).unwrap();
+    let mut alerts = 0;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            alerts += 1;
+            let name = rule["name"].as_str().unwrap();
+            if rule["health"] != "ok" {
+                failures.push(format!(
+                    "alert {name}: health {} {}",
+                    rule["health"], rule["lastError"]
+                ));
+            }
+            for metric in metric_names(rule["query"].as_str().unwrap()) {
+                match query(&prom, &format!("count({{__name__=\"{metric}\"}})")).await {
+                    Ok(r) if !r.is_empty() => {}
+                    other => failures.push(format!(
+                        "alert {name}: metric {metric} has no series ({other:?})"
+                    )),
+                }
+            }
+            // With a healthy cluster, nothing fires.
+            if rule["state"] == "firing" {
+                failures.push(format!("alert {name} fires on a healthy cluster"));
+            }
+        }
+    }
+    assert_eq!(alerts, 6);
+    assert!(
+        failures.is_empty(),
+        "{} problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

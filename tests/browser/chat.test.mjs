@@ -53,6 +53,14 @@ async function say(page, text) {
 const shown = (page, text) =>
   page.locator('[data-testid="message"] .content', { hasText: new RegExp(`^${text}$`) });
 
+// A page shows a message (its own too) when the server's copy arrives, and
+// the two pages get theirs through different nodes in no fixed order: wait
+// for it on this page before counting, then it must be there exactly once.
+async function shownOnce(page, text, who) {
+  await shown(page, text).first().waitFor();
+  assert.equal(await shown(page, text).count(), 1, `"${text}" shown exactly once on page ${who}`);
+}
+
 test("two pages on two nodes chat, and one survives the loss of its node", async () => {
   const redisPort = await freePort();
   const redisDir = mkdtempSync(path.join(os.tmpdir(), "roomcast-browser-redis-"));
@@ -109,17 +117,16 @@ test("two pages on two nodes chat, and one survives the loss of its node", async
     assert.ok(!newNode.includes(ids[victim]), `page B came back through another node (${newNode})`);
 
     for (const text of ["hello bob", "hi alice", "while away 1", "while away 2", "while away 3"]) {
-      await shown(b, text).first().waitFor();
-      assert.equal(await shown(b, text).count(), 1, `"${text}" shown exactly once on page B`);
-      assert.equal(await shown(a, text).count(), 1, `"${text}" shown exactly once on page A`);
+      await shownOnce(b, text, "B");
+      await shownOnce(a, text, "A");
     }
     await b.screenshot({ path: path.join(artifacts, "browser-2-page-b-after-node-loss.png") });
 
     // The node comes back; the chat goes on.
     edges[victim] = await startEdge(ports[victim], ids[victim], redisUrl);
     await say(b, "back to normal");
-    await shown(a, "back to normal").waitFor();
-    assert.equal(await shown(b, "back to normal").count(), 1);
+    await shownOnce(a, "back to normal", "A");
+    await shownOnce(b, "back to normal", "B");
     await a.screenshot({ path: path.join(artifacts, "browser-3-page-a.png") });
   } finally {
     await browser.close();

@@ -162,20 +162,34 @@ async fn a_client_that_never_reads_is_closed_slow_consumer() {
     // buffers and then its queue.
     let content = "m".repeat(50_000);
     let total = 400;
-    let mut received = 0;
-    for i in 0..total {
-        sender
-            .send_json(&json!({"content": content, "client_id": i.to_string()}))
-            .await;
-        // The watcher keeps up and gets every message, in order.
-        let m = watcher.next_of("message").await;
-        assert_eq!(m["client_id"], i.to_string());
-        // The sender reads too (its ack; its own echo is skipped next time).
-        sender.next_of("ack").await;
-        received += 1;
-    }
-    assert_eq!(received, total);
-    // Now read what the stalled client was sent: a prefix, then a 1008.
+    let chat = tokio::spawn(async move {
+        for i in 0..total {
+            sender
+                .send_json(&json!({"content": content, "client_id": i.to_string()}))
+                .await;
+            // The watcher keeps up and gets every message, in order.
+            let m = watcher.next_of("message").await;
+            assert_eq!(m["client_id"], i.to_string());
+            // The sender reads too (its ack; its own echo is skipped next time).
+            sender.next_of("ack").await;
+        }
+        total
+    });
+    // Once the node has given up on it, the stalled client reads again: what
+    // it was sent (a prefix), then a 1008. (The node waits a write timeout
+    // for the close frame to go out: the client must read for it to.)
+    let gave_up = async {
+        while edge
+            .metric("roomcast_connections_closed_total{reason=\"slow_consumer\"}")
+            .await
+            < 1.0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), gave_up)
+        .await
+        .expect("the stalled client is closed as a slow consumer");
     let mut saw = 0;
     let closed = loop {
         match tokio::time::timeout(
@@ -197,6 +211,7 @@ async fn a_client_that_never_reads_is_closed_slow_consumer() {
         Some((1008, "slow_consumer".to_owned())),
         "after {saw} frames"
     );
+    assert_eq!(chat.await.expect("the others chat on"), total);
     assert!(
         saw < total,
         "the stalled client cannot have got everything ({saw})"

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::{MessageFrame, PresenceUser, RoomId, UserId};
-use tokio::sync::mpsc;
 
 use crate::Backend;
 use crate::broker::MessageDraft;
 use crate::history::{HistoryQuery, Since};
 use crate::hub::{ConnId, Hub, Member, Outbound};
+use crate::outbox::{Next, Outbox};
 
 /// Builds a backend delivering into the given hub, keeping the given number
 /// of messages of history per room.
@@ -58,35 +58,33 @@ async fn member(
     room: &RoomId,
     conn: ConnId,
     user_id: &str,
-) -> mpsc::Receiver<Outbound> {
-    let (tx, rx) = mpsc::channel(1024);
+) -> Arc<Outbox> {
+    let outbox = Arc::new(Outbox::new(1024));
     hub.join(
         room,
         Member {
             conn,
             user: user(user_id),
-            tx,
-            ctl: Arc::default(),
+            outbox: outbox.clone(),
         },
     );
     backend.broker.subscribe(room).await.expect("subscribe");
-    rx
+    outbox
 }
 
-async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> Outbound {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+async fn recv(rx: &mut Arc<Outbox>) -> Outbound {
+    match tokio::time::timeout(Duration::from_secs(5), rx.next())
         .await
         .expect("a delivery within 5 s")
-        .expect("queue open")
+    {
+        Next::Frame(out) => out,
+        Next::Killed(reason) => panic!("connection killed: {reason:?}"),
+    }
 }
 
-async fn nothing_more(rx: &mut mpsc::Receiver<Outbound>) {
-    // `Ok(None)`: the queue closed (its member left), so nothing can arrive.
-    let got = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
-    assert!(
-        matches!(got, Err(_) | Ok(None)),
-        "unexpected delivery: {got:?}"
-    );
+async fn nothing_more(rx: &mut Arc<Outbox>) {
+    let got = tokio::time::timeout(Duration::from_millis(300), rx.next()).await;
+    assert!(got.is_err(), "unexpected delivery: {got:?}");
 }
 
 async fn directory(make: &MakeBackend) {

@@ -10,18 +10,18 @@
 //! Locking: member lists live in [`Sharded`] `RwLock`s. Delivery takes a
 //! read lock (deliveries to rooms of one shard run in parallel); join and
 //! leave take a write lock. No lock is ever held across an `.await`: every
-//! operation here is synchronous (`try_send` on a bounded channel), which is
+//! operation here is synchronous (a push into a bounded [`Outbox`]), which is
 //! why the hub can use blocking locks safely inside async tasks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use roomcast_protocol::{RoomId, Timestamp, UserId};
-use tokio::sync::{Notify, mpsc};
 
 use crate::envelope::Envelope;
+use crate::outbox::{Outbox, PushError};
 use crate::shard::Sharded;
 
 /// A connection's id, unique on this node.
@@ -50,53 +50,12 @@ pub enum KillReason {
     Resync = 2,
 }
 
-/// The out-of-band control of one connection.
-#[derive(Debug, Default)]
-pub struct ConnControl {
-    killed: AtomicU8,
-    notify: Notify,
-}
-
-impl ConnControl {
-    /// Asks the connection to close. The first reason wins.
-    pub fn kill(&self, reason: KillReason) {
-        if self
-            .killed
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            // `notify_one` keeps a permit when nobody waits yet, so a kill
-            // that lands between two polls of `killed()` is not lost.
-            self.notify.notify_one();
-        }
-    }
-
-    pub fn reason(&self) -> Option<KillReason> {
-        match self.killed.load(Ordering::Acquire) {
-            1 => Some(KillReason::SlowConsumer),
-            2 => Some(KillReason::Resync),
-            _ => None,
-        }
-    }
-
-    /// Resolves once [`kill`](Self::kill) was called.
-    pub async fn killed(&self) -> KillReason {
-        loop {
-            if let Some(r) = self.reason() {
-                return r;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// A local connection as the hub sees it: an id, a user, a queue.
+/// A local connection as the hub sees it: an id, a user, an outbox.
 #[derive(Debug, Clone)]
 pub struct Member {
     pub conn: ConnId,
     pub user: UserId,
-    pub tx: mpsc::Sender<Outbound>,
-    pub ctl: Arc<ConnControl>,
+    pub outbox: Arc<Outbox>,
 }
 
 /// What a node's owner wants to know about fan-out (the edge feeds its
@@ -225,7 +184,7 @@ impl Hub {
     pub fn kill_room(&self, room: &RoomId, reason: KillReason) -> usize {
         let shard = self.rooms.shard(room).read();
         let members = shard.get(room).map_or(&[][..], |m| &m[..]);
-        members.iter().for_each(|m| m.ctl.kill(reason));
+        members.iter().for_each(|m| m.outbox.kill(reason));
         members.len()
     }
 
@@ -256,14 +215,14 @@ impl Hub {
                 offset: env.offset,
                 published_at: env.published_at,
             };
-            match m.tx.try_send(out) {
+            match m.outbox.push(out) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     slow += 1;
-                    m.ctl.kill(KillReason::SlowConsumer);
+                    m.outbox.kill(KillReason::SlowConsumer);
                 }
                 // The connection is on its way out and will leave the room.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(PushError::Closed) => {}
             }
         }
         drop(shard);
@@ -279,16 +238,15 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn member(conn: ConnId, user: &str, cap: usize) -> (Member, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn member(conn: ConnId, user: &str, cap: usize) -> (Member, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(cap));
         (
             Member {
                 conn,
                 user: UserId::parse(user).unwrap(),
-                tx,
-                ctl: Arc::default(),
+                outbox: outbox.clone(),
             },
-            rx,
+            outbox,
         )
     }
 
@@ -324,22 +282,21 @@ mod tests {
     fn delivers_shared_bytes_except_to_the_excluded_user() {
         let hub = Hub::default();
         let room = RoomId::parse("r").unwrap();
-        let (a, mut ra) = member(1, "a", 4);
-        let (b, mut rb) = member(2, "b", 4);
+        let (a, ra) = member(1, "a", 4);
+        let (b, rb) = member(2, "b", 4);
         hub.join(&room, a);
         hub.join(&room, b);
         assert_eq!(hub.deliver(&env(&room, Some("a"))), 1);
-        assert!(ra.try_recv().is_err());
-        assert_eq!(&rb.try_recv().unwrap().frame[..], b"{}");
+        assert!(ra.try_pop().is_none());
+        assert_eq!(&rb.try_pop().unwrap().frame[..], b"{}");
     }
 
     #[test]
     fn a_full_queue_kills_only_that_connection() {
         let hub = Hub::default();
         let room = RoomId::parse("r").unwrap();
-        let (slow, _rs) = member(1, "slow", 1);
-        let (fast, mut rf) = member(2, "fast", 8);
-        let (slow_ctl, fast_ctl) = (slow.ctl.clone(), fast.ctl.clone());
+        let (slow, slow_ctl) = member(1, "slow", 1);
+        let (fast, fast_ctl) = member(2, "fast", 8);
         hub.join(&room, slow);
         hub.join(&room, fast);
         hub.deliver(&env(&room, None));
@@ -347,6 +304,6 @@ mod tests {
         hub.deliver(&env(&room, None));
         assert_eq!(slow_ctl.reason(), Some(KillReason::SlowConsumer));
         assert_eq!(fast_ctl.reason(), None);
-        assert!(rf.try_recv().is_ok() && rf.try_recv().is_ok());
+        assert!(fast_ctl.try_pop().is_some() && fast_ctl.try_pop().is_some());
     }
 }

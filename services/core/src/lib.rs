@@ -4,7 +4,8 @@
 //!   traits, each with an in-memory implementation here and a Redis one in
 //!   `roomcast-redis`. [`Backend`] bundles one of each.
 //! - [`hub`]: this node's map from rooms to local connections. It hands each
-//!   connection `Bytes` through a bounded queue and never sees a socket.
+//!   connection `Bytes` through its [`outbox`] (a bounded queue and a kill
+//!   switch) and never sees a socket.
 //! - [`envelope`]: what travels from the publishing node to every node that
 //!   serves the room: the frame, encoded once, plus routing metadata.
 //! - `conformance` (feature): the behavioural suite every backend passes.
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod outbox;
 pub mod presence;
 pub mod shard;
 pub mod store;

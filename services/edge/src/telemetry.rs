@@ -34,7 +34,9 @@ pub struct Telemetry {
 }
 
 /// A span in progress (a no-op when tracing is off).
-pub struct ActiveSpan(Option<opentelemetry_sdk::trace::Span>);
+/// Boxed: an SDK span is ~300 bytes, and every connection keeps one (a
+/// `None` when tracing is off) for its whole life.
+pub struct ActiveSpan(Option<Box<opentelemetry_sdk::trace::Span>>);
 
 impl std::fmt::Debug for ActiveSpan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,7 +169,7 @@ impl Telemetry {
             Some(cx) => builder.start_with_context(tracer, cx),
             None => builder.start_with_context(tracer, &Context::new()),
         };
-        ActiveSpan(Some(span))
+        ActiveSpan(Some(Box::new(span)))
     }
 
     /// A socket's life.

@@ -91,13 +91,15 @@ impl From<BackendError> for End {
 }
 
 /// Sends a close frame and waits briefly for the peer's answer, so the
-/// frame is read before the TCP connection goes away.
-pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+/// frame is read before the TCP connection goes away. The frame gets
+/// `write_timeout` to go out, as any write does: a slow consumer's socket is
+/// full, and its close code only arrives if it reads within that time.
+pub(crate) async fn close(ws: &mut Ws, code: CloseCode, reason: &str, write_timeout: Duration) {
     let frame = CloseFrame {
         code: code.code().into(),
         reason: truncate(reason, MAX_CLOSE_REASON).into(),
     };
-    if tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame)))
+    if tokio::time::timeout(write_timeout, ws.close(Some(frame)))
         .await
         .is_ok()
     {
@@ -127,7 +129,14 @@ pub async fn refuse(app: Arc<App>, mut ws: Ws, refusal: Refusal) {
         .handshakes_refused
         .with_label_values(&[refusal.label()])
         .inc();
-    close(&mut ws, refusal.close_code(), &refusal.to_string()).await;
+    let write_timeout = Duration::from_millis(app.settings.websocket.write_timeout_ms);
+    close(
+        &mut ws,
+        refusal.close_code(),
+        &refusal.to_string(),
+        write_timeout,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! the connection 1008 `slow_consumer`: memory stays bounded and nobody else
 //! waits for this client.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,12 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use roomcast_core::broker::MessageDraft;
 use roomcast_core::history::Since;
-use roomcast_core::hub::{ConnControl, ConnId, Member, Outbound};
+use roomcast_core::hub::{ConnId, Member, Outbound};
+use roomcast_core::outbox::{Next, Outbox};
 use roomcast_protocol::{
     AckFrame, ClientFrame, ConnectedFrame, ErrorCode, PresenceFrame, PresenceUser, RoomId,
     ServerFrame, Timestamp, TypingFrame, UserEventFrame,
 };
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
@@ -51,49 +52,56 @@ pub struct Session {
 }
 
 /// Runs an admitted connection to its end.
-pub async fn run(app: Arc<App>, ws: Ws, session: Session, slot: SlotGuard) {
+///
+/// Not an `async fn`: an async fn keeps its arguments in its state for its
+/// whole life, next to the `Conn` made from them, which doubled the memory
+/// every idle connection holds. Here the arguments are moved into `Conn`
+/// first and only `Conn` is captured.
+pub fn run(
+    app: Arc<App>,
+    ws: Ws,
+    session: Session,
+    slot: SlotGuard,
+) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
     let span = tracing::info_span!("conn", conn = conn_id, room = %session.room, user = %session.user.user_id);
-    async move {
-        let (tx, rx) = mpsc::channel(app.settings.websocket.outbound_queue);
-        let w = &app.settings.websocket;
-        let now = Instant::now();
-        let span = app
+    let w = &app.settings.websocket;
+    let now = Instant::now();
+    let mut c = Conn {
+        span: app
             .telemetry
-            .connection(session.room.as_str(), session.user.user_id.as_str());
-        let mut c = Conn {
-            span,
-            rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
-            write_timeout: Duration::from_millis(w.write_timeout_ms),
-            conn_key: format!("{}/{conn_id}", app.node_id),
-            app: app.clone(),
-            ws,
-            rx,
-            ctl: Arc::default(),
-            conn_id,
-            session,
-            last_seen: now,
-            seen_offset: 0,
-            in_hub: false,
-            in_presence: false,
-        };
-        app.metrics.connections.inc();
-        app.metrics.connections_opened.inc();
+            .connection(session.room.as_str(), session.user.user_id.as_str()),
+        rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
+        write_timeout: Duration::from_millis(w.write_timeout_ms),
+        conn_key: format!("{}/{conn_id}", app.node_id),
+        outbox: Arc::new(Outbox::new(w.outbound_queue)),
+        app,
+        ws,
+        conn_id,
+        session,
+        last_seen: now,
+        seen_offset: 0,
+        in_hub: false,
+        in_presence: false,
+        _slot: slot,
+    };
+    async move {
+        let metrics = &c.app.metrics;
+        metrics.connections.inc();
+        metrics.connections_opened.inc();
         tracing::debug!("connected");
         // `start` and `finish` run once; boxed, their state does not widen
         // the future every idle connection keeps alive for its whole life.
-        let end = match Box::pin(c.start(tx)).await {
+        let end = match Box::pin(c.start()).await {
             Ok(()) => c.serve().await,
             Err(end) => end,
         };
         Box::pin(c.finish(end)).await;
         c.span.set("roomcast.close_reason", end.label());
         std::mem::replace(&mut c.span, ActiveSpan::none()).end();
-        app.metrics.connections.dec();
-        drop(slot);
+        c.app.metrics.connections.dec();
     }
     .instrument(span)
-    .await;
 }
 
 struct Conn {
@@ -101,8 +109,8 @@ struct Conn {
     span: ActiveSpan,
     app: Arc<App>,
     ws: Ws,
-    rx: mpsc::Receiver<Outbound>,
-    ctl: Arc<ConnControl>,
+    /// Frames the hub queued for this connection, and its kill switch.
+    outbox: Arc<Outbox>,
     conn_id: ConnId,
     /// Unique in the cluster: `node/conn`.
     conn_key: String,
@@ -115,19 +123,21 @@ struct Conn {
     seen_offset: u64,
     in_hub: bool,
     in_presence: bool,
+    /// The node's connection slot, held for its `Drop`: given back when the
+    /// task ends and drops `Conn`.
+    _slot: SlotGuard,
 }
 
 impl Conn {
     /// Joins the room: hub and subscription, presence, `connected`,
     /// `presence`, recovery replay, and `user_joined` to the others.
-    async fn start(&mut self, tx: mpsc::Sender<Outbound>) -> Result<(), End> {
+    async fn start(&mut self) -> Result<(), End> {
         let app = self.app.clone();
         let room = self.session.room.clone();
         let member = Member {
             conn: self.conn_id,
             user: self.session.user.user_id.clone(),
-            tx,
-            ctl: self.ctl.clone(),
+            outbox: self.outbox.clone(),
         };
         // Joining the hub first means every publish this node receives from
         // here on is queued for us. `subscribe` returns once the node
@@ -218,18 +228,17 @@ impl Conn {
         // every wake-up registers and unregisters waiters each time, and the
         // shutdown token is shared by every connection of the node.
         let shutdown = self.app.shutdown.clone();
-        let ctl = self.ctl.clone();
+        let outbox = self.outbox.clone();
         let shutdown = shutdown.cancelled();
-        let killed = ctl.killed();
-        tokio::pin!(shutdown, killed);
+        tokio::pin!(shutdown);
         loop {
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => Err(End::Draining),
-                reason = &mut killed => Err(End::killed(reason)),
-                out = self.rx.recv() => match out {
-                    Some(out) => self.write_batch(out).await,
-                    None => Err(End::Backend),
+                // A kill comes out ahead of any queued frame.
+                next = outbox.next() => match next {
+                    Next::Frame(out) => self.write_batch(out).await,
+                    Next::Killed(reason) => Err(End::killed(reason)),
                 },
                 msg = self.ws.next() => match msg {
                     // Boxed: handling a client frame (a publish, an ack) is
@@ -260,7 +269,7 @@ impl Conn {
     /// flushes once. A write that does not finish in time, or a kill from
     /// the hub meanwhile, is a slow consumer.
     async fn write_batch(&mut self, first: Outbound) -> Result<(), End> {
-        let ctl = self.ctl.clone();
+        let outbox = self.outbox.clone();
         let write_timeout = self.write_timeout;
         let batch = async {
             let mut next = Some(first);
@@ -282,7 +291,7 @@ impl Conn {
                 }
                 n += 1;
                 if n < MAX_BATCH {
-                    next = self.rx.try_recv().ok();
+                    next = self.outbox.try_pop();
                 }
             }
             self.ws.flush().await.map_err(|e| End::from_ws_error(&e))
@@ -296,7 +305,7 @@ impl Conn {
         }
         tokio::select! {
             r = tokio::time::timeout(write_timeout, &mut batch) => r.unwrap_or(Err(End::SlowConsumer)),
-            reason = ctl.killed() => Err(End::killed(reason)),
+            reason = outbox.killed() => Err(End::killed(reason)),
         }
     }
 
@@ -510,7 +519,7 @@ impl Conn {
             .with_label_values(&[end.label()])
             .inc();
         match end.close() {
-            Some((code, reason)) => close(&mut self.ws, code, reason).await,
+            Some((code, reason)) => close(&mut self.ws, code, reason, self.write_timeout).await,
             // tungstenite queued the reply to the client's close frame; it
             // goes out only with a flush (without it the client sees 1006).
             None if end == End::PeerClosed => {
@@ -518,6 +527,7 @@ impl Conn {
             }
             None => {}
         }
+        self.outbox.close();
         let app = self.app.clone();
         let room = &self.session.room;
         if self.in_hub

@@ -29,8 +29,10 @@ use parking_lot::Mutex;
 
 use crate::hub::{KillReason, Outbound};
 
-/// A drained queue whose buffer grew beyond this many slots shrinks back.
-const KEEP_SLOTS: usize = 8;
+/// A drained queue keeps a buffer of this many slots at most (what one frame
+/// at a time needs, so a steady flow does not allocate per frame); a larger
+/// one, left by a burst, is freed.
+const KEEP_SLOTS: usize = 4;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +97,7 @@ impl Outbox {
         let mut q = self.queue.lock();
         let out = q.frames.pop_front();
         if q.frames.is_empty() && q.frames.capacity() > KEEP_SLOTS {
-            q.frames.shrink_to(KEEP_SLOTS);
+            q.frames = VecDeque::new();
         }
         out
     }

@@ -218,8 +218,8 @@ impl Default for WebSocketSettings {
             rate_burst: 40.0,
             flood_close_after: 50,
             write_timeout_ms: 10_000,
-            read_buffer_bytes: 1024,
-            write_buffer_bytes: 4096,
+            read_buffer_bytes: 512,
+            write_buffer_bytes: 1024,
         }
     }
 }

@@ -30,6 +30,7 @@ pub async fn run_all(make: &MakeBackend) {
     history_queries(make).await;
     events_skip_the_excluded_user_and_stay_in_their_room(make).await;
     presence_counts_connections(make).await;
+    a_first_join_is_announced_once(make).await;
 }
 
 fn room() -> RoomId {
@@ -345,6 +346,39 @@ async fn presence_counts_connections(make: &MakeBackend) {
     );
     assert_eq!(b.presence.list(&r).await.unwrap(), [pu("u2")]);
     assert!(b.presence.list(&room()).await.unwrap().is_empty());
+}
+
+async fn a_first_join_is_announced_once(make: &MakeBackend) {
+    let hub = Arc::new(Hub::default());
+    let b = make(hub.clone(), 10).await;
+    let r = room();
+    let mut watcher = member(&hub, &b, &r, 1, "watcher").await;
+    let mut own_tab = member(&hub, &b, &r, 2, "alice").await;
+    let alice = PresenceUser {
+        user_id: user("alice"),
+        username: "Alice".into(),
+    };
+    let joined = bytes::Bytes::from_static(b"{\"type\":\"user_joined\"}");
+    let (first, users) = b
+        .presence
+        .join_announced(&r, &alice, "n/2", &*b.broker, joined.clone())
+        .await
+        .unwrap();
+    assert!(first);
+    assert_eq!(users, vec![alice.clone()]);
+    let got = recv(&mut watcher).await;
+    assert_eq!((&got.frame[..], got.offset), (&joined[..], 0));
+    nothing_more(&mut own_tab).await;
+
+    // A second tab of the same user is no news.
+    let (first, users) = b
+        .presence
+        .join_announced(&r, &alice, "n/3", &*b.broker, joined)
+        .await
+        .unwrap();
+    assert!(!first);
+    assert_eq!(users, vec![alice]);
+    nothing_more(&mut watcher).await;
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use roomcast_protocol::{PresenceUser, RoomId, UserId};
 
 use crate::BackendError;
+use crate::broker::Broker;
 
 /// Cluster-wide presence.
 #[async_trait]
@@ -43,6 +45,28 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
         let first = self.add(room, user, conn).await?;
         Ok((first, self.list(room).await?))
+    }
+
+    /// [`join`](Self::join), and when this is the user's first connection
+    /// in the room, `joined` (its `user_joined` frame) goes to everyone else
+    /// in the room, as [`Broker::publish_event`] excluding the user would.
+    /// A backend whose presence and broker share one store does both in one
+    /// step (Redis: one script, so a connect is one round trip shorter).
+    async fn join_announced(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        broker: &dyn Broker,
+        joined: Bytes,
+    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        let (first, users) = self.join(room, user, conn).await?;
+        if first {
+            broker
+                .publish_event(room, joined, Some(user.user_id.clone()))
+                .await?;
+        }
+        Ok((first, users))
     }
 }
 

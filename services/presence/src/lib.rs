@@ -155,7 +155,7 @@ async fn ready(State(svc): State<Arc<Service>>) -> Response {
     let ok = svc
         .redis
         .timed(async {
-            let mut c = svc.redis.conn().await?;
+            let mut c = svc.redis.checked_conn().await?;
             roomcast_redis::redis_ping(&mut c).await
         })
         .await

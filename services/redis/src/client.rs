@@ -1,14 +1,37 @@
-//! The pooled command side: a deadpool of multiplexed connections, with a
-//! deadline on every operation so that an unreachable Redis turns into a
-//! quick `unavailable` instead of a hung request.
+//! The command side: a few long-lived multiplexed connections ("lanes")
+//! drawn from a deadpool, with a deadline on every operation so that an
+//! unreachable Redis turns into a quick `unavailable` instead of a hung
+//! request.
+//!
+//! Why lanes instead of a pool checkout per command: deadpool-redis checks
+//! every connection it hands out with an `UNWATCH` + `PING` round trip, which
+//! doubled the Redis work of every operation (a connect makes four). A
+//! multiplexed connection is made to be shared: concurrent commands on it
+//! are pipelined into one socket. So each lane keeps its pool object for as
+//! long as the connection works, and every command rides a clone of it. A
+//! command that finds its connection broken marks the lane; the next
+//! command on that lane takes a fresh (checked) connection from the pool,
+//! and the broken one goes back to be recycled, which discards it. No
+//! command here blocks or uses `WATCH`/`MULTI`, which a shared connection
+//! would not allow.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use roomcast_core::BackendError;
 
 use crate::keys::Keys;
+
+/// Lanes per process (at most the pool size). A few sockets spread the
+/// parsing of replies over the runtime's workers; Redis itself runs one
+/// command at a time whatever the number.
+const LANES: usize = 4;
 
 /// How long one Redis operation may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,8 +45,72 @@ pub fn unavailable(e: impl std::fmt::Display) -> BackendError {
 #[derive(Clone)]
 pub struct Redis {
     pool: Pool,
+    lanes: Arc<Lanes>,
     pub keys: Keys,
     pub client: redis::Client,
+}
+
+struct Lanes {
+    /// The lock is only held to clone or replace an entry, never across an
+    /// `.await`.
+    slots: Box<[Mutex<Option<Held>>]>,
+    next: AtomicUsize,
+}
+
+/// A lane's pool object (so the pool counts it as in use) and the lane.
+type Held = (Arc<Connection>, Lane);
+
+/// A clone of a lane's multiplexed connection: what commands run on. It
+/// marks its lane broken when the connection fails under it.
+#[derive(Clone)]
+pub struct Lane {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Lane {
+    fn check<T>(&self, r: &Result<T, RedisError>) {
+        if let Err(e) = r
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnectionLike for Lane {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let r = self.conn.req_packed_command(cmd).await;
+            self.check(&r);
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let r = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.check(&r);
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 impl std::fmt::Debug for Redis {
@@ -50,14 +137,45 @@ impl Redis {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(unavailable)?;
+        let lanes = Lanes {
+            slots: (0..LANES.min(max_size).max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        };
         Ok(Redis {
             pool,
+            lanes: Arc::new(lanes),
             keys: Keys::new(prefix),
             client,
         })
     }
 
-    pub async fn conn(&self) -> Result<Connection, BackendError> {
+    /// A connection to run commands on: the next lane's, or a fresh one
+    /// from the pool when that lane has none or it broke.
+    pub async fn conn(&self) -> Result<Lane, BackendError> {
+        let slots = &self.lanes.slots;
+        let slot = &slots[self.lanes.next.fetch_add(1, Ordering::Relaxed) % slots.len()];
+        if let Some((_, lane)) = &*slot.lock()
+            && !lane.broken.load(Ordering::Relaxed)
+        {
+            return Ok(lane.clone());
+        }
+        let obj = self.pool.get().await.map_err(unavailable)?;
+        let lane = Lane {
+            conn: (*obj).clone(),
+            broken: Arc::default(),
+        };
+        // Two commands may both have found the lane empty: the last one's
+        // connection stays, the other goes back to the pool when its
+        // clones are dropped.
+        *slot.lock() = Some((Arc::new(obj), lane.clone()));
+        Ok(lane)
+    }
+
+    /// A connection of its own from the pool, checked with a `PING` on the
+    /// way out (for readiness checks, which must see a fresh connection).
+    pub async fn checked_conn(&self) -> Result<Connection, BackendError> {
         self.pool.get().await.map_err(unavailable)
     }
 

@@ -11,11 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use roomcast_core::broker::Broker;
+use roomcast_core::envelope::Envelope;
 use roomcast_core::presence::Presence;
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{PresenceUser, RoomId, UserId};
 
 use crate::client::{Redis, unavailable};
+use crate::envelope;
 use crate::scripts::{PRESENCE_ADD, PRESENCE_JOIN, PRESENCE_REMOVE};
 
 #[derive(Debug, Clone)]
@@ -72,6 +76,42 @@ impl RedisPresence {
                     .await
                     .map_err(unavailable)?;
                 Ok(changed == 1)
+            })
+            .await
+    }
+
+    /// Adds the connection and lists the room; with `announce`, publishes
+    /// it to the room's channel when this is the user's first connection.
+    async fn join_script(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        announce: Option<Vec<u8>>,
+    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        let node = conn.split('/').next().unwrap_or(conn);
+        let k = &self.redis.keys;
+        let user_id = &user.user_id;
+        let mut invocation = PRESENCE_JOIN.prepare_invoke();
+        invocation
+            .key(k.presence_conns(room, user_id))
+            .key(k.presence(room))
+            .key(k.node_conns(node))
+            .key(k.presence_rooms())
+            .arg(conn)
+            .arg(user_id.as_str())
+            .arg(&user.username)
+            .arg(format!("{room} {user_id} {conn}"))
+            .arg(room.as_str());
+        if let Some(payload) = announce {
+            invocation.arg(k.channel(room)).arg(payload);
+        }
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let (first, all): (i64, Vec<(String, String)>) =
+                    invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+                Ok((first == 1, users_of(all)))
             })
             .await
     }
@@ -141,29 +181,26 @@ impl Presence for RedisPresence {
         user: &PresenceUser,
         conn: &str,
     ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        self.join_script(room, user, conn, None).await
+    }
+
+    async fn join_announced(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        _broker: &dyn Broker,
+        joined: Bytes,
+    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        // The envelope the broker would publish, from the node in `conn`.
         let node = conn.split('/').next().unwrap_or(conn);
-        let k = &self.redis.keys;
-        let room_id = room;
-        let user_id = &user.user_id;
-        self.redis
-            .timed(async {
-                let mut c = self.redis.conn().await?;
-                let (first, all): (i64, Vec<(String, String)>) = PRESENCE_JOIN
-                    .key(k.presence_conns(room_id, user_id))
-                    .key(k.presence(room_id))
-                    .key(k.node_conns(node))
-                    .key(k.presence_rooms())
-                    .arg(conn)
-                    .arg(user_id.as_str())
-                    .arg(&user.username)
-                    .arg(format!("{room_id} {user_id} {conn}"))
-                    .arg(room_id.as_str())
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                Ok((first == 1, users_of(all)))
-            })
-            .await
+        let payload = envelope::encode_event(&Envelope::event(
+            room.clone(),
+            joined,
+            Some(user.user_id.clone()),
+            node.into(),
+        ));
+        self.join_script(room, user, conn, Some(payload)).await
     }
 
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError> {

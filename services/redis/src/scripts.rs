@@ -195,7 +195,9 @@ return {2, user[1], user[2]}
 });
 
 /// [`PRESENCE_ADD`], then everyone online: returns `{first (0/1), {user,
-/// username, user, username, ...}}`. Same KEYS and ARGV.
+/// username, user, username, ...}}`. Same KEYS and ARGV, plus optionally
+/// ARGV[6] channel and ARGV[7] payload: published when `first` (the
+/// `user_joined` announcement, in the same step as the decision).
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -206,6 +208,7 @@ if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
   redis.call('SADD', KEYS[4], ARGV[5])
   first = 1
+  if ARGV[7] then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 end
 return {first, redis.call('HGETALL', KEYS[2])}
 ",

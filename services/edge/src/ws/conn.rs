@@ -148,15 +148,24 @@ impl Conn {
         self.in_hub = true;
         app.hub.join(&room, member);
         app.backend.broker.subscribe(&room).await?;
-        let (first, users) = app
-            .backend
-            .presence
-            .join(&room, &self.session.user, &self.conn_key)
-            .await?;
-        self.in_presence = true;
-
-        let (position, recovered, replay) =
-            recovery(&app, &room, self.session.since.as_deref()).await?;
+        // Presence (with the `user_joined` announcement when this is the
+        // user's first connection in the room) and the recovery read are
+        // independent: both go to the backend at once.
+        let joined = ServerFrame::UserJoined(self.user_event()).to_json();
+        let backend = &app.backend;
+        let join = backend.presence.join_announced(
+            &room,
+            &self.session.user,
+            &self.conn_key,
+            &*backend.broker,
+            joined.into(),
+        );
+        let recover = recovery(&app, &room, self.session.since.as_deref());
+        let (joined, recovered) = tokio::join!(join, recover);
+        // Joined even if the recovery read failed: `finish` must then leave.
+        self.in_presence = joined.is_ok();
+        let (_, users) = joined?;
+        let (position, recovered, replay) = recovered?;
         self.seen_offset = replay
             .last()
             .map_or(position.offset, |m| m.offset.max(position.offset));
@@ -194,17 +203,6 @@ impl Conn {
                 "since: expected a message offset (digits)",
             )
             .await?;
-        }
-        if first {
-            let joined = ServerFrame::UserJoined(self.user_event());
-            app.backend
-                .broker
-                .publish_event(
-                    &room,
-                    joined.to_json().into(),
-                    Some(self.session.user.user_id.clone()),
-                )
-                .await?;
         }
         Ok(())
     }

@@ -76,20 +76,44 @@ delivered=$(json "$fan" deliveries_received)
 per_million_edges=$(echo "$d_edges * 1000000 / $delivered" | bc -l)
 per_million_redis=$(echo "$d_redis * 1000000 / $delivered" | bc -l)
 
-echo "== idle: $idle connections on one node"
-start_edge "$p3" bench-3; e3=$started; wait_ready "$p3"
-sleep 1
-rss0=$(rss_kib "$e3")
-"$loadgen" idle --urls "http://127.0.0.1:$p3" --auto --connections "$idle" --room-size 10 --hold 4 \
-  --ready-file "$tmp/ready" > "$tmp/idle.txt" &
-lg=$!
-while [ ! -f "$tmp/ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.1; done
-sleep 2
-rss1=$(rss_kib "$e3")
-wait "$lg" || true
-cat "$tmp/idle.txt"
-idl=$(tail -1 "$tmp/idle.txt"); echo "$idl" >> "$results/latest.jsonl"
-per_conn=$(echo "($rss1 - $rss0) * 1024 / $idle" | bc -l)
+echo "== floor: the kernel's cost of the same writes, no server ($((members / 2)) sockets, $rate rounds/s)"
+"$loadgen" floor --connections $((members / 2)) --rate "$rate" --duration "$secs" --size 200 | tee "$tmp/floor.txt"
+flr=$(tail -1 "$tmp/floor.txt"); echo "$flr" >> "$results/latest.jsonl"
+
+# Starts an edge on the embedded backend (no Redis); its pid in $started.
+start_embedded() { # port node-id
+  NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production ROOMCAST__SERVER__MAX_CONNECTIONS=200000 \
+  RUST_LOG=warn "$edge" > "$tmp/$2.log" 2>&1 &
+  started=$!
+  pids+=("$started")
+}
+
+# idle RUN-NAME PORT PID IN-FLIGHT: $idle connections held on one node; sets
+# $per_conn (RSS bytes per connection) and appends the report.
+idle_run() {
+  local name=$1 port=$2 pid=$3 inflight=$4
+  echo "== idle ($name): $idle connections on one node, $inflight handshakes in flight"
+  sleep 1
+  local rss0; rss0=$(rss_kib "$pid")
+  rm -f "$tmp/ready"
+  "$loadgen" idle --urls "http://127.0.0.1:$port" --auto --connections "$idle" --room-size 10 --hold 4 \
+    --connect-concurrency "$inflight" --ready-file "$tmp/ready" > "$tmp/idle-$name.txt" &
+  local lg=$!
+  while [ ! -f "$tmp/ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.1; done
+  sleep 2
+  local rss1; rss1=$(rss_kib "$pid")
+  wait "$lg" || true
+  cat "$tmp/idle-$name.txt"
+  tail -1 "$tmp/idle-$name.txt" >> "$results/latest.jsonl"
+  per_conn=$(echo "($rss1 - $rss0) * 1024 / $idle" | bc -l)
+}
+# A fresh node per run: RSS is measured from an idle baseline.
+p3=$(free_port); start_edge "$p3" bench-3; e3=$started; wait_ready "$p3"
+idle_run redis-256 "$p3" "$e3" 256; idl=$(tail -1 "$tmp/idle-redis-256.txt"); per_conn_redis=$per_conn
+p4=$(free_port); start_edge "$p4" bench-4; wait_ready "$p4"
+idle_run redis-64 "$p4" "$started" 64; idl64=$(tail -1 "$tmp/idle-redis-64.txt")
+p5=$(free_port); start_embedded "$p5" bench-5; wait_ready "$p5"
+idle_run embedded-64 "$p5" "$started" 64; emb=$(tail -1 "$tmp/idle-embedded-64.txt"); per_conn_embedded=$per_conn
 
 echo "== churn: $churn_c connections over 2 nodes, ~$churn_r connects/s, ${secs}s, with traffic"
 "$loadgen" churn --urls "$urls" --auto --connections "$churn_c" --rate "$churn_r" --duration "$secs" --msg-rate 50 \
@@ -104,10 +128,13 @@ cat <<TABLE
 | fan-out: lost / duplicated / out of order | $(json "$fan" lost) / $(json "$fan" duplicated) / $(json "$fan" out_of_order) |
 | fan-out latency p50 / p90 / p99 / p99.9 / max (ms) | $(json "$fan" latency_p50_ms) / $(json "$fan" latency_p90_ms) / $(json "$fan" latency_p99_ms) / $(json "$fan" latency_p999_ms) / $(json "$fan" latency_max_ms) |
 | edge CPU-seconds per million deliveries | $(printf %.3f "$per_million_edges") |
+| floor: kernel CPU-seconds per million 200-byte loopback writes (no server, same pattern) | $(json "$flr" cpu_seconds_per_million_writes) |
 | redis CPU-seconds per million deliveries | $(printf %.3f "$per_million_redis") |
 | load generator CPU during fan-out (cores) | $(json "$fan" loadgen_cpu_cores) |
-| idle: RSS per connection ($idle on one node) | $(printf %.0f "$per_conn") bytes |
-| idle: connects/s, handshake p50 / p99 (ms) | $(json "$idl" connects_per_second), $(json "$idl" handshake_p50_ms) / $(json "$idl" handshake_p99_ms) |
+| idle: RSS per connection ($idle on one node), Redis / embedded backend | $(printf %.0f "$per_conn_redis") / $(printf %.0f "$per_conn_embedded") bytes |
+| idle: connects/s, handshake p50 / p99 (ms), Redis backend, 256 in flight | $(json "$idl" connects_per_second), $(json "$idl" handshake_p50_ms) / $(json "$idl" handshake_p99_ms) |
+| idle: connects/s, handshake p50 / p99 (ms), Redis backend, 64 in flight | $(json "$idl64" connects_per_second), $(json "$idl64" handshake_p50_ms) / $(json "$idl64" handshake_p99_ms) |
+| idle: connects/s, handshake p50 / p99 (ms), embedded backend, 64 in flight | $(json "$emb" connects_per_second), $(json "$emb" handshake_p50_ms) / $(json "$emb" handshake_p99_ms) |
 | churn: connects/s achieved (target $churn_r), handshake p99 (ms), failures | $(json "$chn" connects_per_second), $(json "$chn" handshake_p99_ms), $(json "$chn" failures) |
 TABLE
 echo

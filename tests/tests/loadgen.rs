@@ -103,3 +103,23 @@ async fn scenarios_run_against_a_real_node() {
     assert_eq!(churn["ok"], true, "{churn}");
     assert!(churn["connects"].as_u64().unwrap() >= 20, "{churn}");
 }
+
+#[test]
+fn the_floor_scenario_writes_every_round_to_every_socket() {
+    let r = loadgen(&[
+        "floor",
+        "--connections",
+        "20",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--size",
+        "100",
+    ]);
+    assert_eq!(r["scenario"], "floor");
+    let writes = r["writes"].as_u64().unwrap();
+    assert!(writes > 0 && writes.is_multiple_of(20), "whole rounds: {r}");
+    assert!(r["bytes_received"].as_u64().unwrap() <= writes * 100);
+    assert!(r["cpu_seconds_per_million_writes"].as_f64().is_some());
+}

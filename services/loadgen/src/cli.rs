@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub const USAGE: &str = "usage: roomcast-loadgen <fanout|idle|churn> --urls URL[,URL...] [options]
+       roomcast-loadgen floor [--connections N --rate ROUNDS/S --duration SECS --size BYTES]
 
 common:   --urls       node base URLs (http://host:port), clients spread over them round-robin
           --auto       skip REST setup (the server auto-creates rooms and users)
@@ -13,13 +14,16 @@ fanout:   --rooms R --members N --publishers P (per room) --rate MSG/S (per publ
 idle:     --connections C --room-size K (default 10) --hold SECS (default 3)
           --ready-file PATH (written once all are connected)
 churn:    --connections C --rate CONNECTS/S --duration SECS --room-size K (default 10)
-          --msg-rate MSG/S (traffic while churning, default 50)";
+          --msg-rate MSG/S (traffic while churning, default 50)
+floor:    no server: one --size-byte loopback TCP write to each of --connections sockets,
+          --rate rounds per second; the kernel's CPU per write (the fan-out floor)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Fanout,
     Idle,
     Churn,
+    Floor,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
         Some("fanout") => Scenario::Fanout,
         Some("idle") => Scenario::Idle,
         Some("churn") => Scenario::Churn,
+        Some("floor") => Scenario::Floor,
         Some(other) => return Err(format!("unknown scenario {other:?}")),
         None => return Err("a scenario is required".into()),
     };
@@ -117,7 +122,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if o.urls.is_empty() {
+    if o.urls.is_empty() && scenario != Scenario::Floor {
         return Err("--urls is required".into());
     }
     for u in &o.urls {

@@ -6,6 +6,7 @@
 //!     --rooms 1 --members 1000 --publishers 1 --rate 100 --duration 10
 //! roomcast-loadgen idle   --urls http://127.0.0.1:8001 --connections 10000 --hold 5
 //! roomcast-loadgen churn  --urls http://127.0.0.1:8001,http://127.0.0.1:8002 --connections 1000 --rate 200 --duration 10
+//! roomcast-loadgen floor  --connections 500 --rate 100 --duration 10 --size 200
 //! ```
 //!
 //! Rooms and users are created over REST first (any server configuration
@@ -15,6 +16,7 @@
 
 mod cli;
 mod client;
+mod floor;
 mod report;
 mod rest;
 mod scenario;
@@ -35,6 +37,7 @@ async fn main() -> ExitCode {
         cli::Scenario::Fanout => scenario::fanout(&opts).await,
         cli::Scenario::Idle => scenario::idle(&opts).await,
         cli::Scenario::Churn => scenario::churn(&opts).await,
+        cli::Scenario::Floor => floor::floor(&opts).await,
     };
     match result {
         Ok(report) => {

@@ -77,7 +77,7 @@ per_million_edges=$(echo "$d_edges * 1000000 / $delivered" | bc -l)
 per_million_redis=$(echo "$d_redis * 1000000 / $delivered" | bc -l)
 
 echo "== floor: the kernel's cost of the same writes, no server ($((members / 2)) sockets, $rate rounds/s)"
-"$loadgen" floor --connections $((members / 2)) --rate "$rate" --duration "$secs" --size 200 | tee "$tmp/floor.txt"
+"$loadgen" floor --connections $((members / 2)) --rate "$rate" --duration $((secs * 2)) --size 200 | tee "$tmp/floor.txt"
 flr=$(tail -1 "$tmp/floor.txt"); echo "$flr" >> "$results/latest.jsonl"
 
 # Starts an edge on the embedded backend (no Redis); its pid in $started.

@@ -480,3 +480,26 @@ async fn a_frozen_node_is_swept_and_its_clients_come_back() {
     let joined = watcher.next_of("user_joined").await;
     assert_eq!(joined["user_id"], v.as_str());
 }
+
+/// Readiness is the node's real work, not just pub/sub: a Redis that still
+/// relays publishes but refuses writes (here `min-replicas-to-write` with no
+/// replica; the same holds while it loads its dataset or is out of memory)
+/// makes the node not ready, and it is ready again once writes are accepted.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_makes_the_node_not_ready() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    assert_eq!(
+        redis.cli(&["PUBLISH", "roomcast:probe", "x"]).trim(),
+        "0",
+        "publishes still go through"
+    );
+    nodes[0]
+        .wait_ready_status(503, Duration::from_secs(10))
+        .await;
+    redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    nodes[0]
+        .wait_ready_status(200, Duration::from_secs(10))
+        .await;
+}

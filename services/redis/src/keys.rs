@@ -95,6 +95,10 @@ impl Keys {
     pub fn lease(&self, node: &str) -> String {
         self.k(&["lease", node])
     }
+    /// STRING a node writes with every health round trip (expires).
+    pub fn node_health(&self, node: &str) -> String {
+        self.k(&["health", node])
+    }
     /// SET of node ids that hold (or held) a lease.
     pub fn nodes(&self) -> String {
         self.k(&["nodes"])

@@ -214,3 +214,17 @@ return {first, redis.call('HGETALL', KEYS[2])}
 ",
     )
 });
+
+/// The pub/sub health round trip's send: a write, then the publish the
+/// session must see come back. As a script with a write, it fails wherever
+/// the node's real work would (Redis loading its dataset, out of memory,
+/// refusing writes), which a bare `PUBLISH` does not: Redis accepts it even
+/// while loading. KEYS: health key. ARGV: channel, payload, ttl ms.
+pub static ROUND_TRIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+",
+    )
+});

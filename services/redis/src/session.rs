@@ -13,8 +13,10 @@
 //! the room's history was lost: its local clients are told to resync.
 //!
 //! Health is a round trip, not a PING: every second the task publishes to
-//! its node's own channel through the command pool and must see it come
-//! back on this connection within a few seconds. Until it does, `/ready`
+//! its node's own channel through the command connections, in a script that
+//! also writes a key (so a Redis that relays publishes but refuses the
+//! node's work, e.g. while loading its dataset, fails it), and must see it
+//! come back on this connection within a few seconds. Until it does, `/ready`
 //! is 503 and `roomcast_broker_up` is 0; when it stops, the connection is
 //! dropped and re-established with backoff.
 
@@ -38,6 +40,7 @@ use crate::broker::{Command, Shared};
 use crate::client::{Redis, unavailable};
 use crate::envelope;
 use crate::history::RedisHistory;
+use crate::scripts::ROUND_TRIP;
 
 /// How often the round trip is tried.
 const ROUND_TRIP_EVERY: Duration = Duration::from_secs(1);
@@ -244,12 +247,28 @@ impl Session {
         }
     }
 
-    /// Publishes to our own channel through the pool, off this task so a
-    /// slow Redis cannot stall deliveries.
+    /// Publishes to our own channel through the command connections, off
+    /// this task so a slow Redis cannot stall deliveries. It goes out with
+    /// a write ([`ROUND_TRIP`]): a Redis that accepts publishes but not the
+    /// node's work (still loading, out of memory, read-only) is not healthy.
     fn send_round_trip(&self, channel: String) {
         let redis = self.redis.clone();
+        let health = redis.keys.node_health(&self.node);
         tokio::spawn(async move {
-            if let Err(e) = redis.publish(channel, Timestamp::now().as_micros()).await {
+            let sent = redis
+                .timed(async {
+                    let mut c = redis.conn().await?;
+                    ROUND_TRIP
+                        .key(health)
+                        .arg(channel)
+                        .arg(Timestamp::now().as_micros())
+                        .arg(ROUND_TRIP_DEADLINE.as_millis() as u64 * 2)
+                        .invoke_async::<()>(&mut c)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await;
+            if let Err(e) = sent {
                 tracing::debug!(error = %e, "round-trip publish failed");
             }
         });

@@ -1,7 +1,7 @@
 //! One WebSocket connection: one task from the upgrade to the close.
 //!
 //! The task owns the socket and `select!`s over four things: frames from the
-//! client (handled in [`frames`]), the connection's outbox (the bounded queue
+//! client (handled in `frames`), the connection's outbox (the bounded queue
 //! the hub fills, and its kill switch), the heartbeat, and the node's
 //! shutdown. Writes go out in
 //! batches (feed, feed, ..., one flush), and a batch that cannot be written

@@ -1,0 +1,97 @@
+//! Layering, flat names, validation messages and masking, on `Settings::load`.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn defaults_are_valid_and_development() {
+    let s = Settings::load(None, &[]).unwrap();
+    assert_eq!(s.server.port, 8000);
+    assert!(!s.websocket_auto_rooms() && !s.join_auto_users());
+}
+
+#[test]
+fn layers_override_in_order() {
+    let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(
+        &file,
+        "[server]\nport = 9000\nnode_id = \"from-file\"\n[history]\nmax_len = 7\n",
+    )
+    .unwrap();
+    let s = Settings::load(
+        Some(&file),
+        &env(&[
+            ("ROOMCAST__SERVER__PORT", "9100"),
+            ("ROOMCAST__HISTORY__MAX_LEN", "9"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.server.port, s.server.node_id.as_str(), s.history.max_len),
+        (9100, "from-file", 9)
+    );
+    let s = Settings::load(
+        Some(&file),
+        &env(&[
+            ("ROOMCAST__SERVER__PORT", "9100"),
+            ("PORT", "9200"),
+            ("ENVIRONMENT", "production"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.server.port, 9200, "flat names win");
+    assert!(s.websocket_auto_rooms() && s.join_auto_rooms() && s.join_auto_users());
+    let s = Settings::load(
+        None,
+        &env(&[
+            ("ENVIRONMENT", "production"),
+            ("ALLOW_JOIN_AUTO_USERS", "false"),
+        ]),
+    )
+    .unwrap();
+    assert!(!s.join_auto_users() && s.join_auto_rooms());
+}
+
+#[test]
+fn bad_values_name_the_setting() {
+    let err = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap_err().to_string();
+    assert!(err(&[("PORT", "eighty")]).contains("PORT"));
+    assert!(err(&[("PORT", "0")]).contains("PORT"));
+    assert!(err(&[("ALLOW_WEBSOCKET_AUTO_ROOMS", "maybe")]).contains("ALLOW_WEBSOCKET_AUTO_ROOMS"));
+    assert!(err(&[("ENVIRONMENT", "staging")]).contains("ENVIRONMENT"));
+    assert!(
+        err(&[("ROOMCAST__WEBSOCKET__OUTBOUND_QUEUE", "0")]).contains("websocket.outbound_queue")
+    );
+    assert!(err(&[("ROOMCAST__SERVER__PORT", "x")]).contains("server.port"));
+    assert!(
+        err(&[("ROOMCAST__SERVER__PROT", "1")]).contains("prot"),
+        "typos are caught"
+    );
+    assert!(err(&[("REDIS_URL", "localhost:6379")]).contains("REDIS_URL"));
+    assert!(err(&[("FRONTEND_URL", "example.com")]).contains("FRONTEND_URL"));
+    assert!(err(&[("JWT_SECRET", "a"), ("JWT_PUBLIC_KEY_FILE", "/x")]).contains("JWT_SECRET"));
+}
+
+#[test]
+fn printing_masks_secrets() {
+    let s = Settings::load(
+        None,
+        &env(&[
+            ("JWT_SECRET", "hunter2"),
+            ("PUBLISH_API_KEY", "pk"),
+            ("REDIS_URL", "redis://u:pw@h:6379/0"),
+        ]),
+    )
+    .unwrap();
+    let out = s.to_masked_toml();
+    assert!(!out.contains("hunter2") && !out.contains("\"pk\"") && !out.contains("pw@"));
+    assert!(out.contains("redis://u:********@h:6379/0"));
+}

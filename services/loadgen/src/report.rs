@@ -11,7 +11,17 @@ pub fn histogram() -> Histogram<u64> {
 
 /// CPU seconds this process has used (user + system), from /proc.
 pub fn self_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_seconds("/proc/self/stat")
+}
+
+/// CPU seconds the calling thread has used (user + system), from /proc.
+pub fn thread_cpu_seconds() -> f64 {
+    cpu_seconds("/proc/thread-self/stat")
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (0 if unreadable).
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
         return 0.0;
     };
     // Fields after the command name (which is in parentheses): utime is the

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redis::{Script, ScriptInvocation};
 use roomcast_core::broker::Broker;
 use roomcast_core::envelope::Envelope;
 use roomcast_core::presence::Presence;
@@ -50,34 +51,45 @@ impl RedisPresence {
         username: &str,
         conn: &str,
     ) -> Result<bool, BackendError> {
-        // Connection keys are `node/conn`; the node part files the entry
-        // under that node for the sweeper.
-        let node = conn.split('/').next().unwrap_or(conn);
-        let k = &self.redis.keys;
         let script = if add {
             &*PRESENCE_ADD
         } else {
             &*PRESENCE_REMOVE
         };
+        let invocation = self.invocation(script, room, user, username, conn);
         self.redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
-                let changed: i64 = script
-                    .key(k.presence_conns(room, user))
-                    .key(k.presence(room))
-                    .key(k.node_conns(node))
-                    .key(k.presence_rooms())
-                    .arg(conn)
-                    .arg(user.as_str())
-                    .arg(username)
-                    .arg(format!("{room} {user} {conn}"))
-                    .arg(room.as_str())
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
+                let changed: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
                 Ok(changed == 1)
             })
             .await
+    }
+
+    /// The KEYS and ARGV every presence script takes (see `scripts`).
+    /// Connection keys are `node/conn`; the node part files the entry under
+    /// that node for the sweeper.
+    fn invocation(
+        &self,
+        script: &'static Script,
+        room: &RoomId,
+        user: &UserId,
+        username: &str,
+        conn: &str,
+    ) -> ScriptInvocation<'static> {
+        let k = &self.redis.keys;
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(k.presence_conns(room, user))
+            .key(k.presence(room))
+            .key(k.node_conns(node_of(conn)))
+            .key(k.presence_rooms())
+            .arg(conn)
+            .arg(user.as_str())
+            .arg(username)
+            .arg(format!("{room} {user} {conn}"))
+            .arg(room.as_str());
+        invocation
     }
 
     /// Adds the connection and lists the room; with `announce`, publishes
@@ -89,22 +101,10 @@ impl RedisPresence {
         conn: &str,
         announce: Option<Vec<u8>>,
     ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
-        let node = conn.split('/').next().unwrap_or(conn);
-        let k = &self.redis.keys;
-        let user_id = &user.user_id;
-        let mut invocation = PRESENCE_JOIN.prepare_invoke();
-        invocation
-            .key(k.presence_conns(room, user_id))
-            .key(k.presence(room))
-            .key(k.node_conns(node))
-            .key(k.presence_rooms())
-            .arg(conn)
-            .arg(user_id.as_str())
-            .arg(&user.username)
-            .arg(format!("{room} {user_id} {conn}"))
-            .arg(room.as_str());
+        let mut invocation =
+            self.invocation(&PRESENCE_JOIN, room, &user.user_id, &user.username, conn);
         if let Some(payload) = announce {
-            invocation.arg(k.channel(room)).arg(payload);
+            invocation.arg(self.redis.keys.channel(room)).arg(payload);
         }
         self.redis
             .timed(async {
@@ -136,6 +136,11 @@ impl RedisPresence {
             })
             .await
     }
+}
+
+/// The node part of a `node/conn` connection key.
+fn node_of(conn: &str) -> &str {
+    conn.split('/').next().unwrap_or(conn)
 }
 
 /// The users of a presence hash's `HGETALL`, ordered by user id.
@@ -193,12 +198,11 @@ impl Presence for RedisPresence {
         joined: Bytes,
     ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
         // The envelope the broker would publish, from the node in `conn`.
-        let node = conn.split('/').next().unwrap_or(conn);
         let payload = envelope::encode_event(&Envelope::event(
             room.clone(),
             joined,
             Some(user.user_id.clone()),
-            node.into(),
+            node_of(conn).into(),
         ));
         self.join_script(room, user, conn, Some(payload)).await
     }

@@ -102,15 +102,6 @@ impl Outbox {
         out
     }
 
-    /// Frames queued now.
-    pub fn len(&self) -> usize {
-        self.queue.lock().frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Stops accepting frames and frees the queued ones (the connection is
     /// ending).
     pub fn close(&self) {
@@ -212,7 +203,7 @@ mod tests {
         let o = Outbox::new(4);
         o.push(frame(1)).unwrap();
         o.close();
-        assert!(o.is_empty());
+        assert!(o.queue.lock().frames.is_empty());
         assert_eq!(o.push(frame(2)), Err(PushError::Closed));
     }
 

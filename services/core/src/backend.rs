@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::broker::{Broker, MemoryBroker};
-use crate::history::{History, MemoryHistory};
+use crate::history::{History, HistoryOptions, MemoryHistory};
 use crate::hub::Hub;
 use crate::presence::{MemoryPresence, Presence};
 use crate::store::{MemoryStore, Store};
@@ -66,10 +66,9 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// The embedded single-node backend: everything in this process's memory,
-    /// delivering straight into `hub`. History keeps `history_len` messages
-    /// per room.
-    pub fn memory(hub: Arc<Hub>, node_id: &str, history_len: usize) -> Backend {
-        let history = Arc::new(MemoryHistory::new(history_len));
+    /// delivering straight into `hub`, keeping history as `history` says.
+    pub fn memory(hub: Arc<Hub>, node_id: &str, history: HistoryOptions) -> Backend {
+        let history = Arc::new(MemoryHistory::new(history));
         Backend {
             store: Arc::new(MemoryStore::default()),
             broker: Arc::new(MemoryBroker::new(history.clone(), hub, node_id)),

@@ -49,6 +49,16 @@ impl MessageDraft {
     }
 }
 
+/// What a publish came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The stored message (for a duplicate: the first one, as stored then).
+    pub message: MessageFrame,
+    /// The sender had already published this `client_id` in the room within
+    /// the de-duplication window: nothing new was stored or sent.
+    pub duplicate: bool,
+}
+
 /// A fresh message id.
 pub fn new_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -61,9 +71,16 @@ pub trait Broker: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Stores the message under the room's next offset and publishes it to
-    /// every node serving the room, atomically. On error nothing was stored
-    /// and nothing was delivered.
-    async fn publish_message(&self, draft: MessageDraft) -> Result<MessageFrame, BackendError>;
+    /// every node serving the room, atomically.
+    ///
+    /// Idempotent: a draft with a `client_id` that its sender already
+    /// published in the room within the de-duplication window stores
+    /// nothing and returns the first result (same id and offset).
+    ///
+    /// On [`BackendError::Unavailable`] nothing was stored and nothing was
+    /// delivered; on [`BackendError::Indeterminate`] it may have been
+    /// (a retry with the same `client_id` settles it).
+    async fn publish_message(&self, draft: MessageDraft) -> Result<Published, BackendError>;
 
     /// Publishes an already-encoded ephemeral frame to every node serving the
     /// room, skipping `exclude_user`'s connections.
@@ -109,28 +126,25 @@ impl Broker for MemoryBroker {
         "memory"
     }
 
-    async fn publish_message(&self, draft: MessageDraft) -> Result<MessageFrame, BackendError> {
+    async fn publish_message(&self, draft: MessageDraft) -> Result<Published, BackendError> {
         let room = draft.room.clone();
         let now = Timestamp::now();
-        let id = new_message_id();
         let trace: Option<Arc<str>> = draft.trace.as_deref().map(Into::into);
+        let draft = draft.into_message(new_message_id(), 0, now);
         // Delivery runs inside the room's history lock, so two concurrent
         // publishes reach every member in offset order.
-        Ok(self.history.append(
-            &room,
-            |offset| draft.into_message(id, offset, now),
-            |msg| {
-                self.hub.deliver(&Envelope {
-                    room: room.clone(),
-                    frame: Bytes::from(msg.to_frame_json()),
-                    offset: msg.offset,
-                    exclude_user: None,
-                    origin_node: self.node.clone(),
-                    published_at: now,
-                    trace: trace.clone(),
-                });
-            },
-        ))
+        let (message, duplicate) = self.history.append(&room, draft, |msg| {
+            self.hub.deliver(&Envelope {
+                room: room.clone(),
+                frame: Bytes::from(msg.to_frame_json()),
+                offset: msg.offset,
+                exclude_user: None,
+                origin_node: self.node.clone(),
+                published_at: now,
+                trace: trace.clone(),
+            });
+        });
+        Ok(Published { message, duplicate })
     }
 
     async fn publish_event(

@@ -1,8 +1,11 @@
 //! The behavioural suite every backend must pass, run against the in-memory
 //! backend here and against Redis in `roomcast-redis`.
 //!
-//! Each check builds a fresh backend through the caller's factory and uses
-//! fresh random room ids, so checks do not see each other's data.
+//! [`backend_suite!`](crate::backend_suite) turns every check into a test of
+//! its own for a backend (as centrifuge runs one shared suite per backend as
+//! subtests), so one failure hides nothing else. Each check builds a fresh
+//! backend through the caller's factory and uses fresh random room ids, so
+//! checks do not see each other's data.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,24 +16,49 @@ use roomcast_protocol::{MessageFrame, PresenceUser, RoomId, UserId};
 
 use crate::Backend;
 use crate::broker::MessageDraft;
-use crate::history::{HistoryQuery, Since};
+use crate::history::{HistoryOptions, HistoryQuery, Since};
 use crate::hub::{ConnId, Hub, Member, Outbound};
 use crate::outbox::{Next, Outbox};
 
-/// Builds a backend delivering into the given hub, keeping the given number
-/// of messages of history per room.
+/// Builds a backend delivering into the given hub, keeping history as the
+/// options say.
 pub type MakeBackend =
-    dyn Fn(Arc<Hub>, usize) -> Pin<Box<dyn Future<Output = Backend> + Send>> + Send + Sync;
+    dyn Fn(Arc<Hub>, HistoryOptions) -> Pin<Box<dyn Future<Output = Backend> + Send>> + Send + Sync;
 
-/// Runs every check.
-pub async fn run_all(make: &MakeBackend) {
-    directory(make).await;
-    admission(make).await;
-    offsets_are_contiguous_and_delivered_in_order(make).await;
-    history_queries(make).await;
-    events_skip_the_excluded_user_and_stay_in_their_room(make).await;
-    presence_counts_connections(make).await;
-    a_first_join_is_announced_once(make).await;
+/// Generates one `#[tokio::test]` per check of the suite. `$setup` is an
+/// async closure returning `(guard, make)`: the guard (e.g. a Redis server
+/// started for the test) lives as long as the test, `make` is a
+/// [`MakeBackend`].
+#[macro_export]
+macro_rules! backend_suite {
+    ($setup:expr) => {
+        $crate::backend_suite!(@each $setup;
+            directory,
+            listings_are_oldest_first,
+            admission,
+            offsets_are_contiguous_and_delivered_in_order,
+            publishing_is_idempotent_per_sender_and_client_id,
+            a_retry_after_the_window_is_a_new_message,
+            a_retry_of_a_trimmed_message_keeps_its_first_id,
+            history_queries,
+            events_skip_the_excluded_user_and_stay_in_their_room,
+            presence_counts_connections,
+            re_adding_a_connection_is_no_news,
+            online_users_are_counted_across_rooms,
+            a_first_join_is_announced_once
+        );
+    };
+    (@each $setup:expr; $($check:ident),+ $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let (_guard, make) = ($setup)().await;
+            $crate::conformance::$check(&make).await;
+        }
+    )+};
+}
+
+fn opts(max_len: usize) -> HistoryOptions {
+    HistoryOptions::new(max_len)
 }
 
 fn room() -> RoomId {
@@ -88,8 +116,8 @@ async fn nothing_more(rx: &mut Arc<Outbox>) {
     assert!(got.is_err(), "unexpected delivery: {got:?}");
 }
 
-async fn directory(make: &MakeBackend) {
-    let b = make(Arc::default(), 10).await;
+pub async fn directory(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(10)).await;
     let alice = b.store.create_user("alice").await.unwrap();
     assert_eq!(
         b.store.get_user(&alice.id).await.unwrap(),
@@ -97,27 +125,28 @@ async fn directory(make: &MakeBackend) {
     );
     let again = b.store.ensure_user(&alice.id, "other name").await.unwrap();
     assert_eq!(again, alice, "ensure keeps an existing user as it is");
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let auto = UserId::random();
     let made = b.store.ensure_user(&auto, "auto").await.unwrap();
     assert_eq!((made.id.clone(), made.username.as_str()), (auto, "auto"));
     assert_eq!(b.store.get_user(&UserId::random()).await.unwrap(), None);
-    let users = b.store.list_users().await.unwrap();
-    assert!(users.contains(&alice) && users.contains(&made));
+    assert_eq!(b.store.list_users().await.unwrap(), [alice.clone(), made]);
 
     let r = b.store.create_room("general").await.unwrap();
     assert_eq!(b.store.get_room(&r.id).await.unwrap(), Some(r.clone()));
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let auto_room = RoomId::random();
     let ar = b.store.ensure_room(&auto_room).await.unwrap();
     assert_eq!(ar.name, auto_room.as_str());
-    assert!(b.store.list_rooms().await.unwrap().contains(&r));
+    assert_eq!(b.store.list_rooms().await.unwrap(), [r.clone(), ar]);
     assert!(!b.store.is_member(&r.id, &alice.id).await.unwrap());
     b.store.add_member(&r.id, &alice.id).await.unwrap();
     assert!(b.store.is_member(&r.id, &alice.id).await.unwrap());
 }
 
-async fn admission(make: &MakeBackend) {
+pub async fn admission(make: &MakeBackend) {
     use crate::store::{AdmitPolicy, Admitted};
-    let b = make(Arc::default(), 10).await;
+    let b = make(Arc::default(), opts(10)).await;
     let (r, u) = (room(), UserId::random());
     let strict = AdmitPolicy::default();
     assert_eq!(
@@ -176,15 +205,15 @@ async fn admission(make: &MakeBackend) {
     assert!(!first && users.len() == 1, "a second tab");
 }
 
-async fn offsets_are_contiguous_and_delivered_in_order(make: &MakeBackend) {
+pub async fn offsets_are_contiguous_and_delivered_in_order(make: &MakeBackend) {
     let hub = Arc::new(Hub::default());
-    let b = make(hub.clone(), 100).await;
+    let b = make(hub.clone(), opts(100)).await;
     let r = room();
     let mut rx = member(&hub, &b, &r, 1, "reader").await;
     let publishes = (0..20).map(|i| {
         let b = b.clone();
         let d = draft(&r, &i.to_string());
-        tokio::spawn(async move { b.broker.publish_message(d).await.unwrap() })
+        tokio::spawn(async move { b.broker.publish_message(d).await.unwrap().message })
     });
     let mut offsets = Vec::new();
     for p in publishes {
@@ -206,8 +235,8 @@ async fn offsets_are_contiguous_and_delivered_in_order(make: &MakeBackend) {
     assert_eq!(b.history.position(&r).await.unwrap().offset, 20);
 }
 
-async fn history_queries(make: &MakeBackend) {
-    let b = make(Arc::default(), 5).await;
+pub async fn history_queries(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(5)).await;
     let r = room();
     let empty = b.history.position(&r).await.unwrap();
     assert_eq!(empty.offset, 0);
@@ -225,7 +254,8 @@ async fn history_queries(make: &MakeBackend) {
             b.broker
                 .publish_message(draft(&r, &format!("m{i}")))
                 .await
-                .unwrap(),
+                .unwrap()
+                .message,
         );
         // Distinct timestamps for the time-based query.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -286,9 +316,9 @@ async fn history_queries(make: &MakeBackend) {
     assert_eq!(offsets(&by_time), [7, 8], "since a timestamp is exclusive");
 }
 
-async fn events_skip_the_excluded_user_and_stay_in_their_room(make: &MakeBackend) {
+pub async fn events_skip_the_excluded_user_and_stay_in_their_room(make: &MakeBackend) {
     let hub = Arc::new(Hub::default());
-    let b = make(hub.clone(), 10).await;
+    let b = make(hub.clone(), opts(10)).await;
     let (r, other) = (room(), room());
     let mut ra = member(&hub, &b, &r, 1, "a").await;
     let mut rb = member(&hub, &b, &r, 2, "b").await;
@@ -321,8 +351,8 @@ async fn events_skip_the_excluded_user_and_stay_in_their_room(make: &MakeBackend
     assert_eq!(recv(&mut rb2).await.offset, 2, "resubscribed");
 }
 
-async fn presence_counts_connections(make: &MakeBackend) {
-    let b = make(Arc::default(), 10).await;
+pub async fn presence_counts_connections(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(10)).await;
     let r = room();
     let pu = |id: &str| PresenceUser {
         user_id: user(id),
@@ -348,9 +378,9 @@ async fn presence_counts_connections(make: &MakeBackend) {
     assert!(b.presence.list(&room()).await.unwrap().is_empty());
 }
 
-async fn a_first_join_is_announced_once(make: &MakeBackend) {
+pub async fn a_first_join_is_announced_once(make: &MakeBackend) {
     let hub = Arc::new(Hub::default());
-    let b = make(hub.clone(), 10).await;
+    let b = make(hub.clone(), opts(10)).await;
     let r = room();
     let mut watcher = member(&hub, &b, &r, 1, "watcher").await;
     let mut own_tab = member(&hub, &b, &r, 2, "alice").await;
@@ -381,13 +411,188 @@ async fn a_first_join_is_announced_once(make: &MakeBackend) {
     nothing_more(&mut watcher).await;
 }
 
+pub async fn listings_are_oldest_first(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(10)).await;
+    let mut users = Vec::new();
+    let mut rooms = Vec::new();
+    for i in 0..4 {
+        users.push(b.store.create_user(&format!("u{i}")).await.unwrap());
+        rooms.push(b.store.create_room(&format!("r{i}")).await.unwrap());
+        // Distinct creation times.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(b.store.list_users().await.unwrap(), users);
+    assert_eq!(b.store.list_rooms().await.unwrap(), rooms);
+}
+
+fn draft_from(room: &RoomId, sender: &str, content: &str, client_id: Option<&str>) -> MessageDraft {
+    MessageDraft {
+        room: room.clone(),
+        user_id: user(sender),
+        username: sender.to_uppercase(),
+        content: content.into(),
+        client_id: client_id.map(str::to_owned),
+        trace: None,
+    }
+}
+
+pub async fn publishing_is_idempotent_per_sender_and_client_id(make: &MakeBackend) {
+    let hub = Arc::new(Hub::default());
+    let b = make(hub.clone(), opts(10)).await;
+    let r = room();
+    let mut rx = member(&hub, &b, &r, 1, "reader").await;
+    let first = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "hello", Some("c1")))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.message.offset, 1);
+    // A retry (even with other content) stores nothing, returns the first.
+    let retry = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "hello again", Some("c1")))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message, first.message, "the first result, as stored");
+    // The same client_id from another sender, or in another room, is new.
+    let other = b
+        .broker
+        .publish_message(draft_from(&r, "bob", "hi", Some("c1")))
+        .await
+        .unwrap();
+    assert_eq!((other.duplicate, other.message.offset), (false, 2));
+    let elsewhere = b
+        .broker
+        .publish_message(draft_from(&room(), "ann", "hello", Some("c1")))
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.duplicate, elsewhere.message.offset), (false, 1));
+    // Without a client_id nothing is de-duplicated.
+    for expected in [3, 4] {
+        let p = b
+            .broker
+            .publish_message(draft_from(&r, "ann", "same", None))
+            .await
+            .unwrap();
+        assert_eq!((p.duplicate, p.message.offset), (false, expected));
+    }
+    for expected in 1..=4u64 {
+        assert_eq!(recv(&mut rx).await.offset, expected, "each stored once");
+    }
+    nothing_more(&mut rx).await;
+    let page = b
+        .history
+        .read(
+            &r,
+            HistoryQuery {
+                since: None,
+                limit: 50,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 4);
+    assert_eq!(page.messages[0], first.message);
+}
+
+pub async fn a_retry_after_the_window_is_a_new_message(make: &MakeBackend) {
+    let history = HistoryOptions {
+        max_len: 10,
+        dedupe_window: Duration::from_millis(300),
+    };
+    let b = make(Arc::default(), history).await;
+    let r = room();
+    let first = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "x", Some("c1")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "x", Some("c1")))
+        .await
+        .unwrap();
+    assert!(!later.duplicate);
+    assert_eq!(later.message.offset, first.message.offset + 1);
+}
+
+pub async fn a_retry_of_a_trimmed_message_keeps_its_first_id(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(2)).await;
+    let r = room();
+    let first = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "first", Some("c1")))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        b.broker
+            .publish_message(draft_from(&r, "ann", &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    let retry = b
+        .broker
+        .publish_message(draft_from(&r, "ann", "first", Some("c1")))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (
+            &retry.message.id,
+            retry.message.offset,
+            retry.message.timestamp
+        ),
+        (&first.message.id, 1, first.message.timestamp)
+    );
+    assert_eq!(b.history.position(&r).await.unwrap().offset, 4);
+}
+
+pub async fn re_adding_a_connection_is_no_news(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(10)).await;
+    let r = room();
+    let pu = PresenceUser {
+        user_id: user("u1"),
+        username: "U1".into(),
+    };
+    assert!(b.presence.add(&r, &pu, "n/1").await.unwrap());
+    assert!(
+        !b.presence.add(&r, &pu, "n/1").await.unwrap(),
+        "same connection again"
+    );
+    let (first, users) = b.presence.join(&r, &pu, "n/1").await.unwrap();
+    assert!(!first);
+    assert_eq!(users, std::slice::from_ref(&pu));
+    assert!(b.presence.remove(&r, &pu.user_id, "n/1").await.unwrap());
+    assert!(b.presence.list(&r).await.unwrap().is_empty());
+}
+
+pub async fn online_users_are_counted_across_rooms(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(10)).await;
+    let before = b.presence.online_count().await.unwrap();
+    let (r1, r2) = (room(), room());
+    let pu = |id: &str| PresenceUser {
+        user_id: user(id),
+        username: id.into(),
+    };
+    b.presence.add(&r1, &pu("a"), "n/1").await.unwrap();
+    b.presence.add(&r1, &pu("a"), "n/2").await.unwrap();
+    b.presence.add(&r1, &pu("b"), "n/3").await.unwrap();
+    b.presence.add(&r2, &pu("a"), "n/4").await.unwrap();
+    assert_eq!(b.presence.online_count().await.unwrap(), before + 3);
+    b.presence.remove(&r2, &user("a"), "n/4").await.unwrap();
+    assert_eq!(b.presence.online_count().await.unwrap(), before + 2);
+}
+
 #[cfg(test)]
 mod memory {
-    #[tokio::test]
-    async fn memory_backend_passes_the_suite() {
-        super::run_all(&|hub, len| {
-            Box::pin(async move { crate::Backend::memory(hub, "node-test", len) })
-        })
-        .await;
-    }
+    crate::backend_suite!(|| async {
+        let make = |hub, history| {
+            Box::pin(async move { crate::Backend::memory(hub, "node-test", history) })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = crate::Backend> + Send>>
+        };
+        ((), make)
+    });
 }

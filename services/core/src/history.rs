@@ -9,15 +9,42 @@
 //! [`Broker`]: crate::broker::Broker
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use roomcast_protocol::{MessageFrame, RoomId, Timestamp};
+use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 
 use crate::BackendError;
 use crate::shard::Sharded;
 
 /// The most messages one history read returns.
 pub const MAX_LIMIT: usize = 1000;
+
+/// How much a backend keeps per room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Messages kept per room.
+    pub max_len: usize,
+    /// How long a publish is remembered by `(room, sender, client_id)`, so
+    /// that a retry of it returns the first result instead of storing the
+    /// message again.
+    pub dedupe_window: Duration,
+}
+
+impl HistoryOptions {
+    /// Keeps `max_len` messages, remembers publishes for five minutes.
+    pub fn new(max_len: usize) -> Self {
+        Self {
+            max_len,
+            dedupe_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The most publishes one room remembers for de-duplication in memory; past
+/// it the oldest are forgotten early (a room this busy retries within
+/// seconds, not minutes).
+const MAX_REMEMBERED: usize = 100_000;
 
 /// Where a room's history stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +123,7 @@ pub struct MemoryHistory {
     /// One epoch for the process: memory history is lost exactly when the
     /// process restarts, which is when this changes.
     epoch: String,
-    max_len: usize,
+    options: HistoryOptions,
     rooms: Sharded<HashMap<RoomId, RoomLog>>,
 }
 
@@ -104,13 +131,55 @@ pub struct MemoryHistory {
 struct RoomLog {
     last_offset: u64,
     messages: VecDeque<MessageFrame>,
+    /// Publishes with a `client_id`, by sender and id: what they became.
+    remembered: HashMap<(UserId, String), Remembered>,
+    /// The same keys in the order they expire.
+    expiry: VecDeque<(Instant, UserId, String)>,
+}
+
+/// What a de-duplicated publish gets back when its message is no longer
+/// retained in full.
+#[derive(Debug, Clone)]
+struct Remembered {
+    id: String,
+    offset: u64,
+    timestamp: Timestamp,
+}
+
+/// The key a publish is de-duplicated by: sender and `client_id`.
+fn dedupe_key(msg: &MessageFrame) -> Option<(UserId, String)> {
+    msg.client_id
+        .as_ref()
+        .map(|c| (msg.user_id.clone(), c.clone()))
+}
+
+impl RoomLog {
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((at, ..)) = self.expiry.front() {
+            if *at > now && self.expiry.len() <= MAX_REMEMBERED {
+                break;
+            }
+            if let Some((_, user, client)) = self.expiry.pop_front() {
+                self.remembered.remove(&(user, client));
+            }
+        }
+    }
+
+    /// The stored message at `offset`, if still retained.
+    fn at(&self, offset: u64) -> Option<&MessageFrame> {
+        let oldest = self.messages.front()?.offset;
+        self.messages.get(offset.checked_sub(oldest)? as usize)
+    }
 }
 
 impl MemoryHistory {
-    pub fn new(max_len: usize) -> Self {
+    pub fn new(options: HistoryOptions) -> Self {
         Self {
             epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
-            max_len: max_len.max(1),
+            options: HistoryOptions {
+                max_len: options.max_len.max(1),
+                ..options
+            },
             rooms: Sharded::new(16),
         }
     }
@@ -118,22 +187,57 @@ impl MemoryHistory {
     /// Gives the next offset to `build`, stores what it builds, and calls
     /// `then` with it before the room's lock is released, so that whatever
     /// `then` does (delivery) happens in offset order.
+    ///
+    /// `draft` is the message as it would be stored (its offset is
+    /// ignored): if its sender already published its `client_id` within
+    /// the de-duplication window, nothing is stored and the first result
+    /// comes back, marked `true`.
     pub(crate) fn append(
         &self,
         room: &RoomId,
-        build: impl FnOnce(u64) -> MessageFrame,
+        draft: MessageFrame,
         then: impl FnOnce(&MessageFrame),
-    ) -> MessageFrame {
+    ) -> (MessageFrame, bool) {
+        let now = Instant::now();
         let mut shard = self.rooms.shard(room).write();
         let log = shard.entry(room.clone()).or_default();
+        log.forget_expired(now);
+        let key = dedupe_key(&draft);
+        if let Some(first) = key.as_ref().and_then(|k| log.remembered.get(k)) {
+            let msg = match log.at(first.offset) {
+                Some(m) => m.clone(),
+                None => MessageFrame {
+                    id: first.id.clone(),
+                    offset: first.offset,
+                    timestamp: first.timestamp,
+                    ..draft
+                },
+            };
+            return (msg, true);
+        }
         log.last_offset += 1;
-        let msg = build(log.last_offset);
-        if log.messages.len() == self.max_len {
+        let msg = MessageFrame {
+            offset: log.last_offset,
+            ..draft
+        };
+        if log.messages.len() == self.options.max_len {
             log.messages.pop_front();
         }
         log.messages.push_back(msg.clone());
+        if let Some((user, client)) = key {
+            log.remembered.insert(
+                (user.clone(), client.clone()),
+                Remembered {
+                    id: msg.id.clone(),
+                    offset: msg.offset,
+                    timestamp: msg.timestamp,
+                },
+            );
+            log.expiry
+                .push_back((now + self.options.dedupe_window, user, client));
+        }
         then(&msg);
-        msg
+        (msg, false)
     }
 }
 

@@ -34,6 +34,9 @@ pub trait Presence: Send + Sync + 'static {
     /// The users online in `room`, ordered by user id.
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError>;
 
+    /// Users online across all rooms (a user in two rooms counts twice).
+    async fn online_count(&self) -> Result<u64, BackendError>;
+
     /// [`add`](Self::add) then [`list`](Self::list), as one step where the
     /// backend can: whether this is the user's first connection in the
     /// room, and everyone online (this connection included).
@@ -102,8 +105,8 @@ impl Presence for MemoryPresence {
                 username: user.username.clone(),
                 conns: HashSet::new(),
             });
-        online.conns.insert(conn.to_owned());
-        Ok(online.conns.len() == 1)
+        // Re-adding a connection that is already there is no news.
+        Ok(online.conns.insert(conn.to_owned()) && online.conns.len() == 1)
     }
 
     async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
@@ -137,5 +140,9 @@ impl Presence for MemoryPresence {
             .collect();
         users.sort();
         Ok(users)
+    }
+
+    async fn online_count(&self) -> Result<u64, BackendError> {
+        Ok(self.rooms.lock().values().map(|u| u.len() as u64).sum())
     }
 }

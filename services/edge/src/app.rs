@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use roomcast_core::Backend;
 use roomcast_core::envelope::Envelope;
 use roomcast_core::hub::{Hub, HubObserver};
-use roomcast_redis::{RedisOptions, RedisTasks, Timing};
+use roomcast_redis::{RedisOptions, RedisTasks};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,7 +84,7 @@ impl Deps {
             telemetry,
             hub,
         } = observed_hub(&settings)?;
-        let backend = Backend::memory(hub.clone(), &node_id, settings.history.max_len);
+        let backend = Backend::memory(hub.clone(), &node_id, settings.history_options());
         Ok(Deps {
             settings,
             node_id,
@@ -110,20 +109,15 @@ impl Deps {
             hub,
         } = observed_hub(&settings)?;
         let url = settings.redis.url.clone().unwrap_or_default();
-        let p = &settings.presence;
         let opts = RedisOptions {
             url,
             key_prefix: settings.redis.key_prefix.clone(),
             node_id: node_id.clone(),
-            history_len: settings.history.max_len,
+            history: settings.history_options(),
             pool_size: settings.redis.pool_size,
-            timing: Timing {
-                heartbeat: Duration::from_millis(p.heartbeat_ms),
-                lease_ttl: Duration::from_millis(p.lease_ttl_ms),
-                sweep_every: Duration::from_millis(p.sweep_interval_ms),
-            },
+            timing: settings.presence_timing(),
             lease: true,
-            sweeper: p.sweeper,
+            sweeper: settings.presence.sweeper,
         };
         let (backend, tasks) = roomcast_redis::start(&opts, hub.clone(), backend_shutdown)
             .map_err(|e| ConfigError {
@@ -183,6 +177,7 @@ pub struct App {
 impl App {
     pub fn new(deps: Deps, shutdown: CancellationToken) -> Result<Arc<App>, ConfigError> {
         let s = &deps.settings;
+        deps.metrics.watch_backend(deps.backend.stats.clone());
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(s.websocket.read_buffer_bytes)
             .write_buffer_size(s.websocket.write_buffer_bytes)

@@ -120,6 +120,9 @@ pub struct AuthSettings {
 pub struct HistorySettings {
     /// Messages kept per room.
     pub max_len: usize,
+    /// How long a publish is remembered by (room, sender, `client_id`): a
+    /// retry within it returns the first result and stores nothing.
+    pub dedupe_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,7 +181,10 @@ pub struct LogSettings {
 
 impl Default for HistorySettings {
     fn default() -> Self {
-        Self { max_len: 1000 }
+        Self {
+            max_len: 1000,
+            dedupe_window_secs: 300,
+        }
     }
 }
 
@@ -258,6 +264,13 @@ const FLAT: &[(&str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("LOG_FORMAT", "log.format", Kind::Text),
+    // Names the presence service read before it shared this loader.
+    ("ROOMCAST_KEY_PREFIX", "redis.key_prefix", Kind::Text),
+    (
+        "PRESENCE_SWEEP_INTERVAL_MS",
+        "presence.sweep_interval_ms",
+        Kind::Count,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -265,6 +278,8 @@ enum Kind {
     Port,
     Bool,
     Text,
+    /// A whole number above 0.
+    Count,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
@@ -313,6 +328,12 @@ impl Settings {
                     b.set_override(*key, i64::from(port))
                 }
                 Kind::Bool => b.set_override(*key, parse_bool(flat, v)?),
+                Kind::Count => {
+                    let n: u32 = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        bad(flat, format!("expected a whole number above 0, got {v:?}"))
+                    })?;
+                    b.set_override(*key, i64::from(n))
+                }
                 Kind::Text if v.trim().is_empty() => continue,
                 Kind::Text => b.set_override(*key, v.trim().to_owned()),
             }
@@ -354,6 +375,24 @@ impl Settings {
             .map(|o| o.trim().trim_end_matches('/').to_owned())
             .filter(|o| !o.is_empty())
             .collect()
+    }
+
+    /// What the backend keeps per room.
+    pub fn history_options(&self) -> roomcast_core::history::HistoryOptions {
+        roomcast_core::history::HistoryOptions {
+            max_len: self.history.max_len,
+            dedupe_window: Duration::from_secs(self.history.dedupe_window_secs),
+        }
+    }
+
+    /// Lease and sweep timing of the Redis backend.
+    pub fn presence_timing(&self) -> roomcast_redis::Timing {
+        let p = &self.presence;
+        roomcast_redis::Timing {
+            heartbeat: Duration::from_millis(p.heartbeat_ms),
+            lease_ttl: Duration::from_millis(p.lease_ttl_ms),
+            sweep_every: Duration::from_millis(p.sweep_interval_ms),
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

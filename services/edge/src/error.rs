@@ -1,13 +1,18 @@
-//! Every way a request or a connection can be refused, and the one place
-//! that maps each to what the client sees (HTTP status and `detail`, or a
-//! WebSocket close code).
+//! Every way a request, a frame or a connection can be refused or end, and
+//! the one place that maps each to what the client sees: an HTTP status and
+//! `detail` ([`ApiError`]), an `error` frame's code ([`FrameRefusal`]), or a
+//! WebSocket close code ([`Refusal`] after the upgrade, [`End`] for a
+//! connection that was serving). Handlers name what happened; only this
+//! module decides the wire code.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use roomcast_core::BackendError;
-use roomcast_protocol::CloseCode;
+use roomcast_core::hub::KillReason;
 use roomcast_protocol::rest::ErrorBody;
+use roomcast_protocol::{CloseCode, ErrorCode, FrameError};
+use tokio_tungstenite::tungstenite;
 
 use crate::auth::AuthError;
 
@@ -26,6 +31,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Unavailable(String),
+    /// The backend did not answer in time: the write may have happened.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// Not a WebSocket handshake where one is required.
     #[error("{0}")]
     UpgradeRequired(&'static str),
@@ -34,7 +42,13 @@ pub enum ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         tracing::warn!(error = %e, "backend call failed");
-        ApiError::Unavailable("backend unavailable, try again".into())
+        if e.may_have_happened() {
+            ApiError::OutcomeUnknown(
+                "backend did not answer in time: the write may have happened; retry with the same Idempotency-Key".into(),
+            )
+        } else {
+            ApiError::Unavailable("backend unavailable, try again".into())
+        }
     }
 }
 
@@ -46,6 +60,7 @@ impl IntoResponse for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
         };
         let mut resp = (
@@ -94,4 +109,166 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
         }
     }
+}
+
+/// Why a client frame was refused; the connection stays open and the client
+/// gets an `error` frame with [`code`](Self::code), naming the frame's
+/// `client_id` when it had one.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameRefusal {
+    #[error("binary frames are not supported; send JSON text frames")]
+    Binary,
+    #[error("too many frames; slow down")]
+    RateLimited,
+    #[error("token expired: reconnect with a fresh token to send")]
+    TokenExpired,
+    /// Not a frame the protocol knows, or out of its limits.
+    #[error("{}", .0.message)]
+    Invalid(FrameError),
+    #[error("since: expected a message offset (digits)")]
+    BadSince,
+    /// A message could not be published.
+    #[error("{}", publish_message(.0))]
+    NotPublished(BackendError),
+    /// A typing indicator could not be published.
+    #[error("typing not sent; try again")]
+    TypingNotSent(BackendError),
+}
+
+fn publish_message(e: &BackendError) -> &'static str {
+    if e.may_have_happened() {
+        "no answer from the store in time: the message may have been stored; retry with the same client_id (it is never stored twice)"
+    } else {
+        "message not stored and not sent; retry"
+    }
+}
+
+impl FrameRefusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameRefusal::Binary | FrameRefusal::BadSince => ErrorCode::InvalidJson,
+            FrameRefusal::RateLimited => ErrorCode::RateLimited,
+            FrameRefusal::TokenExpired => ErrorCode::Forbidden,
+            FrameRefusal::Invalid(e) => e.code,
+            FrameRefusal::NotPublished(e) if e.may_have_happened() => ErrorCode::OutcomeUnknown,
+            FrameRefusal::NotPublished(_) | FrameRefusal::TypingNotSent(_) => {
+                ErrorCode::Unavailable
+            }
+        }
+    }
+
+    /// The `type` label of `roomcast_messages_received_total` for the frame.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FrameRefusal::Binary => "binary",
+            FrameRefusal::RateLimited => "rate_limited",
+            FrameRefusal::TokenExpired => "forbidden",
+            FrameRefusal::Invalid(_) | FrameRefusal::BadSince => "invalid",
+            FrameRefusal::NotPublished(_) => "message",
+            FrameRefusal::TypingNotSent(_) => "typing",
+        }
+    }
+}
+
+/// Why a connection ended; [`End::close`] is the one mapping to close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent a close frame (tungstenite answers it).
+    PeerClosed,
+    /// The client vanished (EOF, reset). Normal on the internet.
+    PeerGone,
+    Draining,
+    /// The node can no longer vouch for this stream; reconnect with since.
+    Resync,
+    SlowConsumer,
+    Flooding,
+    TooLarge,
+    InvalidUtf8,
+    Protocol,
+    HeartbeatTimeout,
+    Backend,
+}
+
+impl End {
+    /// Every end, for metrics that list each label from start-up.
+    pub const ALL: [End; 11] = [
+        End::PeerClosed,
+        End::PeerGone,
+        End::Draining,
+        End::Resync,
+        End::SlowConsumer,
+        End::Flooding,
+        End::TooLarge,
+        End::InvalidUtf8,
+        End::Protocol,
+        End::HeartbeatTimeout,
+        End::Backend,
+    ];
+
+    pub fn close(self) -> Option<(CloseCode, &'static str)> {
+        match self {
+            End::PeerClosed | End::PeerGone => None,
+            End::Draining => Some((CloseCode::Restart, "node draining; reconnect with since")),
+            End::Resync => Some((CloseCode::Restart, "resync; reconnect with since")),
+            End::SlowConsumer => Some((CloseCode::Policy, "slow_consumer")),
+            End::Flooding => Some((CloseCode::Policy, "rate_limited")),
+            End::TooLarge => Some((CloseCode::TooLarge, "frame too large")),
+            End::InvalidUtf8 => Some((CloseCode::InvalidPayload, "text frame is not UTF-8")),
+            End::Protocol => Some((CloseCode::Protocol, "protocol error")),
+            End::HeartbeatTimeout => Some((CloseCode::GoingAway, "heartbeat timeout")),
+            End::Backend => Some((CloseCode::Internal, "backend unavailable; reconnect")),
+        }
+    }
+
+    /// The `reason` label of `roomcast_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::PeerClosed | End::PeerGone => "normal",
+            End::Draining => "drain",
+            End::Resync => "resync",
+            End::SlowConsumer => "slow_consumer",
+            End::Flooding => "rate_limited",
+            End::TooLarge => "too_large",
+            End::InvalidUtf8 | End::Protocol => "protocol",
+            End::HeartbeatTimeout => "heartbeat",
+            End::Backend => "error",
+        }
+    }
+
+    pub fn killed(reason: KillReason) -> End {
+        match reason {
+            KillReason::SlowConsumer => End::SlowConsumer,
+            KillReason::Resync => End::Resync,
+        }
+    }
+
+    pub fn from_ws_error(e: &tungstenite::Error) -> End {
+        use tungstenite::Error as E;
+        match e {
+            E::Capacity(_) => End::TooLarge,
+            E::Utf8(_) => End::InvalidUtf8,
+            E::Protocol(_) => End::Protocol,
+            _ => End::PeerGone,
+        }
+    }
+}
+
+impl From<BackendError> for End {
+    fn from(e: BackendError) -> End {
+        tracing::warn!(error = %e, "backend call failed; closing connection");
+        End::Backend
+    }
+}
+
+impl Refusal {
+    /// Every `reason` label a refused handshake is counted under, after the
+    /// upgrade (these) or before it (capacity, draining, backend).
+    pub const LABELS: [&'static str; 6] = [
+        "not_found",
+        "auth",
+        "forbidden",
+        "capacity",
+        "draining",
+        "backend",
+    ];
 }

@@ -2,8 +2,21 @@
 //!
 //! Names follow Prometheus conventions and are part of the interface:
 //! dashboards and alert rules elsewhere use them. Label values are bounded
-//! sets (close reasons, frame types); never a room or user id.
+//! sets (close reasons, frame types); never a room or user id. Every label
+//! value known in advance is exported from start-up (as 0), so a healthy
+//! node's dashboard shows zeros, not "No data".
+//!
+//! Counters the backend keeps (plain atomics: it knows no metrics crate) are
+//! read live at each scrape by a collector ([`BackendCounters`]), never
+//! copied into a metric with reset-and-add: two scrapes at once (the main
+//! port and `METRICS_PORT`, or two Prometheus servers) would otherwise see a
+//! counter drop to 0, which Prometheus takes for a restart.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -11,6 +24,24 @@ use prometheus::{
 use roomcast_core::BackendStats;
 use roomcast_core::envelope::Envelope;
 use roomcast_protocol::Timestamp;
+
+use crate::error::{End, Refusal};
+
+/// `type` values of `roomcast_messages_received_total`: frames handled, and
+/// frames refused (see `FrameRefusal::label`).
+pub const RECEIVED_TYPES: [&str; 7] = [
+    "message",
+    "typing",
+    "ping",
+    "binary",
+    "rate_limited",
+    "forbidden",
+    "invalid",
+];
+/// `reason` values of `roomcast_messages_dropped_total`.
+pub const DROPPED_REASONS: [&str; 2] = ["slow_consumer", "rate_limited"];
+/// `outcome` values of `roomcast_recoveries_total`.
+pub const RECOVERY_OUTCOMES: [&str; 3] = ["recovered", "not_recovered", "invalid"];
 
 /// Buckets from 100 µs to 10 s: a healthy fan-out is sub-millisecond, a sick
 /// one takes seconds, and both must be visible.
@@ -28,17 +59,14 @@ pub struct Metrics {
     pub rooms_active: IntGauge,
     pub messages_received: IntCounterVec,
     pub messages_published: IntCounter,
+    pub messages_deduplicated: IntCounter,
     pub messages_delivered: IntCounter,
     pub fanout_targeted: IntCounter,
     pub messages_dropped: IntCounterVec,
     pub fanout_latency: Histogram,
     pub publish_duration: Histogram,
     pub broker_up: IntGauge,
-    pub broker_reconnects: IntCounter,
-    pub history_backfilled: IntCounter,
-    pub presence_sweeps: IntCounter,
-    pub presence_swept_users: IntCounter,
-    pub presence_sweep_errors: IntCounter,
+    pub online_users: IntGauge,
     pub recoveries: IntCounterVec,
     pub handshakes_refused: IntCounterVec,
 }
@@ -104,6 +132,10 @@ impl Metrics {
                 "roomcast_messages_published_total",
                 "Chat messages stored and published by this node.",
             ),
+            messages_deduplicated: counter(
+                "roomcast_messages_deduplicated_total",
+                "Publishes that repeated a client_id already stored (a retry): answered with the first result, stored nothing.",
+            ),
             messages_delivered: counter(
                 "roomcast_messages_delivered_total",
                 "Frames queued to local connections (messages and events).",
@@ -129,25 +161,9 @@ impl Metrics {
                 "roomcast_broker_up",
                 "1 while this node's broker can publish and receive.",
             ),
-            broker_reconnects: counter(
-                "roomcast_broker_reconnects_total",
-                "Times this node re-established its pub/sub connection.",
-            ),
-            history_backfilled: counter(
-                "roomcast_history_backfilled_total",
-                "Messages fetched from history to fill a gap in this node's subscription.",
-            ),
-            presence_sweeps: counter(
-                "roomcast_presence_sweeps_total",
-                "Dead-node presence sweeps run by this process while leading.",
-            ),
-            presence_swept_users: counter(
-                "roomcast_presence_swept_users_total",
-                "Users announced left because their node died.",
-            ),
-            presence_sweep_errors: counter(
-                "roomcast_presence_sweep_errors_total",
-                "Dead-node presence sweeps that failed.",
+            online_users: gauge(
+                "roomcast_presence_online_users",
+                "Users online cluster-wide (a user in two rooms counts twice), as this node reads it.",
             ),
             recoveries: counter_vec(
                 "roomcast_recoveries_total",
@@ -162,7 +178,30 @@ impl Metrics {
             registry: r,
         };
         m.broker_up.set(1);
+        for (vec, labels) in [
+            (&m.connections_closed, &End::ALL.map(End::label)[..]),
+            (&m.messages_received, &RECEIVED_TYPES[..]),
+            (&m.messages_dropped, &DROPPED_REASONS[..]),
+            (&m.recoveries, &RECOVERY_OUTCOMES[..]),
+            (&m.handshakes_refused, &Refusal::LABELS[..]),
+        ] {
+            for label in labels {
+                vec.with_label_values(&[label]);
+            }
+        }
         m
+    }
+
+    /// Exports the backend's own counters, read live at each scrape. Called
+    /// once per node (a second call for the same metrics is refused and
+    /// logged).
+    pub fn watch_backend(&self, stats: Arc<BackendStats>) {
+        if let Err(e) = self
+            .registry
+            .register(Box::new(BackendCounters::new(stats)))
+        {
+            tracing::warn!(error = %e, "backend metrics already registered");
+        }
     }
 
     /// Records the fan-out latency of a frame accepted at `published_at`.
@@ -172,21 +211,10 @@ impl Metrics {
         self.fanout_latency.observe(micros.max(0) as f64 / 1e6);
     }
 
-    /// Copies the backend's own counters into their metrics (at scrape time:
-    /// the backend counts in plain atomics and knows no metrics crate).
+    /// Refreshes the gauges read at scrape time.
     pub fn sync_backend(&self, stats: &BackendStats) {
-        let set = |c: &IntCounter, v: &std::sync::atomic::AtomicU64| {
-            c.reset();
-            c.inc_by(BackendStats::get(v));
-        };
-        self.broker_up.set(i64::from(
-            stats.broker_up.load(std::sync::atomic::Ordering::Acquire),
-        ));
-        set(&self.broker_reconnects, &stats.broker_reconnects);
-        set(&self.history_backfilled, &stats.history_backfilled);
-        set(&self.presence_sweeps, &stats.presence_sweeps);
-        set(&self.presence_swept_users, &stats.presence_swept_users);
-        set(&self.presence_sweep_errors, &stats.presence_sweep_errors);
+        self.broker_up
+            .set(i64::from(stats.broker_up.load(Ordering::Acquire)));
     }
 
     /// The text exposition of every metric.
@@ -216,5 +244,164 @@ impl Metrics {
         self.messages_dropped
             .with_label_values(&["slow_consumer"])
             .inc_by(n as u64);
+    }
+}
+
+/// The backend's counters, exported as they stand at each scrape.
+pub struct BackendCounters {
+    stats: Arc<BackendStats>,
+    /// Indices into [`BACKEND_COUNTERS`].
+    exported: Vec<usize>,
+    descs: Vec<Desc>,
+}
+
+type Read = fn(&BackendStats) -> &AtomicU64;
+
+const BACKEND_COUNTERS: [(&str, &str, Read); 5] = [
+    (
+        "roomcast_broker_reconnects_total",
+        "Times this node re-established its pub/sub connection.",
+        |s| &s.broker_reconnects,
+    ),
+    (
+        "roomcast_history_backfilled_total",
+        "Messages fetched from history to fill a gap in this node's subscription.",
+        |s| &s.history_backfilled,
+    ),
+    (
+        "roomcast_presence_sweeps_total",
+        "Dead-node presence sweeps run by this process while leading.",
+        |s| &s.presence_sweeps,
+    ),
+    (
+        "roomcast_presence_swept_users_total",
+        "Users announced left because their node died.",
+        |s| &s.presence_swept_users,
+    ),
+    (
+        "roomcast_presence_sweep_errors_total",
+        "Dead-node presence sweeps that failed.",
+        |s| &s.presence_sweep_errors,
+    ),
+];
+
+impl BackendCounters {
+    /// Every backend counter (an edge node).
+    pub fn new(stats: Arc<BackendStats>) -> Self {
+        Self::only(stats, |_| true)
+    }
+
+    /// Only the sweeper's counters (the presence service).
+    pub fn sweeper(stats: Arc<BackendStats>) -> Self {
+        Self::only(stats, |name| name.starts_with("roomcast_presence_"))
+    }
+
+    fn only(stats: Arc<BackendStats>, keep: impl Fn(&str) -> bool) -> Self {
+        let exported: Vec<usize> = (0..BACKEND_COUNTERS.len())
+            .filter(|i| keep(BACKEND_COUNTERS[*i].0))
+            .collect();
+        let descs = exported
+            .iter()
+            .map(|i| {
+                let (name, help, _) = BACKEND_COUNTERS[*i];
+                Desc::new(name.into(), help.into(), vec![], Default::default())
+                    .expect("valid metric")
+            })
+            .collect();
+        Self {
+            stats,
+            exported,
+            descs,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendCounters")
+            .field("exported", &self.exported.len())
+            .finish()
+    }
+}
+
+impl Collector for BackendCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.exported
+            .iter()
+            .map(|i| &BACKEND_COUNTERS[*i])
+            .flat_map(|(name, help, read)| {
+                // A fresh counter per scrape, set once: nothing shared is
+                // ever reset.
+                let c = IntCounter::new(*name, *help).expect("valid metric");
+                c.inc_by(read(&self.stats).load(Ordering::Relaxed));
+                c.collect()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FrameRefusal;
+
+    #[test]
+    fn every_label_the_node_uses_is_exported_from_start_up() {
+        let text = Metrics::new("n").render();
+        for end in End::ALL {
+            let sample = format!(
+                "roomcast_connections_closed_total{{reason=\"{}\"}} 0",
+                end.label()
+            );
+            assert!(text.contains(&sample), "{sample}");
+        }
+        for refusal in [
+            FrameRefusal::Binary,
+            FrameRefusal::RateLimited,
+            FrameRefusal::TokenExpired,
+            FrameRefusal::BadSince,
+        ] {
+            assert!(RECEIVED_TYPES.contains(&refusal.label()));
+        }
+        assert!(text.contains("roomcast_messages_dropped_total{reason=\"slow_consumer\"} 0"));
+        assert!(text.contains("roomcast_presence_online_users 0"));
+    }
+
+    #[test]
+    fn backend_counters_are_read_live_and_never_drop() {
+        let m = Metrics::new("n");
+        let stats = Arc::new(BackendStats::default());
+        m.watch_backend(stats.clone());
+        BackendStats::add(&stats.broker_reconnects, 3);
+        let value = |text: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("roomcast_broker_reconnects_total "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("sample")
+        };
+        // Scrapes from several threads at once while the counter grows:
+        // each sees a value at least as high as before it started.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut last = 0;
+                    for _ in 0..200 {
+                        let v = value(&m.render());
+                        assert!(v >= last && v >= 3, "{v} after {last}");
+                        last = v;
+                    }
+                });
+            }
+            s.spawn(|| {
+                for _ in 0..200 {
+                    BackendStats::add(&stats.broker_reconnects, 1);
+                }
+            });
+        });
+        assert_eq!(value(&m.render()), 203);
     }
 }

@@ -313,6 +313,7 @@ async fn publish(
         Some(u) => name("username", &u)?,
         None => user_id.to_string(),
     };
+    let client_id = idempotency_key(&headers, req.client_id)?;
     let started = Instant::now();
     let span = app.telemetry.publish(room.as_str());
     let published = app
@@ -323,22 +324,54 @@ async fn publish(
             user_id,
             username,
             content: req.content,
-            client_id: None,
+            client_id,
             trace: span.traceparent(),
         })
         .await;
     span.end();
-    let msg: MessageFrame = published?;
+    let published = published?;
     app.metrics
         .publish_duration
         .observe(started.elapsed().as_secs_f64());
-    app.metrics.messages_published.inc();
+    if published.duplicate {
+        app.metrics.messages_deduplicated.inc();
+    } else {
+        app.metrics.messages_published.inc();
+    }
+    let msg: MessageFrame = published.message;
     let body = msg.to_frame_json();
     Ok(Response::builder()
         .status(StatusCode::ACCEPTED)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .expect("valid response"))
+}
+
+/// The publish's de-duplication key: the `Idempotency-Key` header, else the
+/// body's `client_id`. A retry with the same key (same room and sender)
+/// within the window returns the first result and stores nothing.
+fn idempotency_key(
+    headers: &HeaderMap,
+    body_client_id: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::Unprocessable("Idempotency-Key: expected ASCII".into()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => body_client_id,
+    };
+    match key {
+        Some(k) if k.is_empty() || k.len() > roomcast_protocol::MAX_CLIENT_ID_LEN => {
+            Err(ApiError::Unprocessable(format!(
+                "Idempotency-Key / client_id: expected 1 to {} bytes",
+                roomcast_protocol::MAX_CLIENT_ID_LEN
+            )))
+        }
+        k => Ok(k),
+    }
 }
 
 /// The chat page and the client module, compiled into the binary so one
@@ -390,6 +423,12 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.rooms_active.set(app.hub.rooms_active() as i64);
     app.metrics.sync_backend(&app.backend.stats);
+    // Gauges may be set at scrape time (only counters must never go back);
+    // a failed read keeps the last value and says so in the log.
+    match app.backend.presence.online_count().await {
+        Ok(n) => app.metrics.online_users.set(n as i64),
+        Err(e) => tracing::warn!(error = %e, "cannot count online users for /metrics"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -6,23 +6,33 @@
 //! Several replicas may run; a lock with expiry makes one lead. It also
 //! serves `/health`, `/ready` (Redis reachable) and `/metrics`
 //! (`roomcast_presence_sweeps_total`, `roomcast_presence_online_users`, ...).
+//! The edges run the same sweeper by default and export the same figures;
+//! this service is for deployments that turn the edges' sweeper off.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use roomcast_core::BackendStats;
+use roomcast_core::presence::Presence;
+use roomcast_edge::Settings;
+use roomcast_edge::metrics::BackendCounters;
 use roomcast_redis::presence::RedisPresence;
 use roomcast_redis::{Redis, Timing};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Settings of the presence service.
+pub use roomcast_edge::config::ConfigError;
+
+/// Settings of the presence service: the edge's own, loaded and validated
+/// the same way (`REDIS_URL` or `ROOMCAST__REDIS__URL`,
+/// `ROOMCAST__REDIS__KEY_PREFIX`, `ROOMCAST__PRESENCE__*`, a TOML file), so a
+/// deployment names each setting once for both. The names this service read
+/// before (`ROOMCAST_KEY_PREFIX`, `PRESENCE_SWEEP_INTERVAL_MS`) still work.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub redis_url: String,
@@ -30,47 +40,30 @@ pub struct Options {
     pub timing: Timing,
 }
 
-/// A setting that is missing or malformed.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting {name}: {problem}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub problem: String,
-}
-
 impl Options {
-    /// From the environment: `REDIS_URL` (required), `ROOMCAST_KEY_PREFIX`,
-    /// `PRESENCE_SWEEP_INTERVAL_MS`.
+    /// From a settings file (optional) and the environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &[(String, String)],
+    ) -> Result<Options, ConfigError> {
+        let settings = Settings::load(file, env)?;
+        Self::from_settings(&settings)
+    }
+
+    /// From the environment alone.
     pub fn from_env(env: &[(String, String)]) -> Result<Options, ConfigError> {
-        let get = |k: &str| {
-            env.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.trim().to_owned())
-        };
-        let redis_url = get("REDIS_URL")
-            .filter(|u| !u.is_empty())
-            .ok_or(ConfigError {
-                name: "REDIS_URL",
-                problem: "required: the Redis the edge nodes use".into(),
-            })?;
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(ConfigError {
-                name: "REDIS_URL",
-                problem: "expected a redis:// or rediss:// URL".into(),
-            });
-        }
-        let mut timing = Timing::default();
-        if let Some(v) = get("PRESENCE_SWEEP_INTERVAL_MS") {
-            let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or(ConfigError {
-                name: "PRESENCE_SWEEP_INTERVAL_MS",
-                problem: format!("expected milliseconds above 0, got {v:?}"),
-            })?;
-            timing.sweep_every = Duration::from_millis(ms);
-        }
+        Self::load(None, env)
+    }
+
+    pub fn from_settings(settings: &Settings) -> Result<Options, ConfigError> {
+        let redis_url = settings.redis.url.clone().ok_or_else(|| ConfigError {
+            name: "REDIS_URL (redis.url)".into(),
+            problem: "required: the Redis the edge nodes use".into(),
+        })?;
         Ok(Options {
             redis_url,
-            key_prefix: get("ROOMCAST_KEY_PREFIX").unwrap_or_else(|| "roomcast".into()),
-            timing,
+            key_prefix: settings.redis.key_prefix.clone(),
+            timing: settings.presence_timing(),
         })
     }
 }
@@ -78,10 +71,7 @@ impl Options {
 struct Service {
     redis: Redis,
     presence: RedisPresence,
-    stats: Arc<BackendStats>,
     registry: Registry,
-    sweeps: IntCounter,
-    swept: IntCounter,
     online: IntGauge,
 }
 
@@ -92,37 +82,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConfigError> {
     let redis = Redis::new(&opts.redis_url, &opts.key_prefix, 4).map_err(|e| ConfigError {
-        name: "REDIS_URL",
+        name: "REDIS_URL (redis.url)".into(),
         problem: e.to_string(),
     })?;
+    let stats = Arc::new(BackendStats::default());
     let registry = Registry::new();
-    let counter = |n: &str, h: &str| {
-        let c = IntCounter::new(n, h).expect("valid metric");
-        registry.register(Box::new(c.clone())).expect("unique");
-        c
-    };
-    let sweeps = counter(
-        "roomcast_presence_sweeps_total",
-        "Dead-node sweeps run while leading.",
-    );
-    let swept = counter(
-        "roomcast_presence_swept_users_total",
-        "Users announced left because their node died.",
-    );
+    registry
+        .register(Box::new(BackendCounters::sweeper(stats.clone())))
+        .expect("unique metrics");
     let online = IntGauge::new(
         "roomcast_presence_online_users",
-        "Users online, cluster-wide (per room).",
+        "Users online cluster-wide (a user in two rooms counts twice).",
     )
     .expect("valid metric");
     registry.register(Box::new(online.clone())).expect("unique");
-    let stats = Arc::new(BackendStats::default());
     let svc = Arc::new(Service {
         presence: RedisPresence::new(redis.clone()),
         redis: redis.clone(),
-        stats: stats.clone(),
         registry,
-        sweeps,
-        swept,
         online,
     });
     let sweeper = tokio::spawn(roomcast_redis::liveness::run_sweeper(
@@ -173,15 +150,6 @@ async fn ready(State(svc): State<Arc<Service>>) -> Response {
 }
 
 async fn metrics(State(svc): State<Arc<Service>>) -> Response {
-    let set = |c: &IntCounter, v| {
-        c.reset();
-        c.inc_by(v);
-    };
-    set(&svc.sweeps, BackendStats::get(&svc.stats.presence_sweeps));
-    set(
-        &svc.swept,
-        BackendStats::get(&svc.stats.presence_swept_users),
-    );
     match svc.presence.online_count().await {
         Ok(n) => svc.online.set(n as i64),
         Err(e) => tracing::warn!(error = %e, "cannot count online users"),

@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let opts = match roomcast_presence::Options::from_env(&env) {
+    let file = std::env::var_os("ROOMCAST_CONFIG").map(std::path::PathBuf::from);
+    let opts = match roomcast_presence::Options::load(file.as_deref(), &env) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("roomcast-presence: {e}");

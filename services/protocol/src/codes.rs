@@ -20,6 +20,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The message could not be stored; nothing was sent to anyone.
     Unavailable,
+    /// The server does not know whether the message was stored (its store
+    /// did not answer in time). It may have been: retry with the same
+    /// `client_id`, which never stores a message twice.
+    OutcomeUnknown,
     /// Not allowed for this connection.
     Forbidden,
 }
@@ -34,6 +38,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Forbidden => "forbidden",
         }
     }

@@ -19,7 +19,7 @@ pub mod rest;
 mod server;
 mod timestamp;
 
-pub use client::{ClientFrame, FrameError, client_id_of};
+pub use client::{ClientFrame, FrameError, MAX_CLIENT_ID_LEN, client_id_of};
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{IdError, MAX_ID_LEN, RoomId, UserId};
 pub use server::{

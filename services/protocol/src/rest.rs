@@ -56,6 +56,10 @@ pub struct PublishMessage {
     pub user_id: Option<UserId>,
     #[serde(default)]
     pub username: Option<String>,
+    /// The caller's id for this message (as a socket's `client_id`); the
+    /// `Idempotency-Key` header takes precedence.
+    #[serde(default)]
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,6 +106,29 @@ impl MessageFrame {
         }
         serde_json::to_string(&Frame::Message(self)).expect("message frames always serialize")
     }
+
+    /// The frame's JSON split around its offset, `(before, after)`, for a
+    /// store that assigns the offset itself (the Redis publish script puts
+    /// it in between). `self.offset` is ignored.
+    ///
+    /// The frame is serialized with a sentinel offset; the sentinel, with
+    /// its unescaped quotes, cannot occur inside a JSON string, and
+    /// `offset` is the last field but `client_id`.
+    pub fn offset_template(&self) -> (String, String) {
+        let sentinel = MessageFrame {
+            offset: u64::MAX,
+            ..self.clone()
+        };
+        let json = sentinel.to_frame_json();
+        let marker = format!("\"offset\":{}", u64::MAX);
+        let at = json
+            .rfind(&marker)
+            .expect("the sentinel offset is in the frame");
+        (
+            json[..at + "\"offset\":".len()].to_owned(),
+            json[at + marker.len()..].to_owned(),
+        )
+    }
 }
 
 /// `user_joined` / `user_left`.

@@ -149,6 +149,7 @@ fn every_error_code_has_its_wire_name() {
         (ErrorCode::TooLarge, "too_large"),
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::OutcomeUnknown, "outcome_unknown"),
         (ErrorCode::Forbidden, "forbidden"),
     ] {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
@@ -253,4 +254,18 @@ fn rest_bodies() {
     );
     assert!(rest::validate_name("username", "  ").is_err());
     assert_eq!(rest::validate_name("username", " bob ").unwrap(), "bob");
+}
+
+#[test]
+fn offset_template_puts_any_offset_back_in_place() {
+    let ServerFrame::Message(mut msg) = message(Some("c")) else {
+        unreachable!()
+    };
+    msg.content = "tricky \"offset\":18446744073709551615 text".into();
+    let (pre, post) = msg.offset_template();
+    msg.offset = 42;
+    assert_eq!(format!("{pre}42{post}"), msg.to_frame_json());
+    msg.client_id = None;
+    let (pre, post) = msg.offset_template();
+    assert_eq!(format!("{pre}42{post}"), msg.to_frame_json());
 }

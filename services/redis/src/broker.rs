@@ -9,15 +9,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
-use roomcast_core::broker::{Broker, MessageDraft, new_message_id};
+use roomcast_core::broker::{Broker, MessageDraft, Published, new_message_id};
 use roomcast_core::envelope::Envelope;
+use roomcast_core::history::HistoryOptions;
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{Redis, unavailable};
-use crate::envelope;
-use crate::history::{epoch_candidate, frame_template};
+use crate::client::{Redis, write_error};
+use crate::envelope::{self, ScriptHeader};
+use crate::history::epoch_candidate;
 use crate::scripts::PUBLISH;
 
 /// A request to the pub/sub session.
@@ -42,7 +43,7 @@ pub struct Shared {
 pub struct RedisBroker {
     redis: Redis,
     node: Arc<str>,
-    history_len: usize,
+    history: HistoryOptions,
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
 }
@@ -54,14 +55,14 @@ impl RedisBroker {
     pub fn new(
         redis: Redis,
         node: &str,
-        history_len: usize,
+        history: HistoryOptions,
         commands: mpsc::UnboundedSender<Command>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             redis,
             node: node.into(),
-            history_len,
+            history,
             commands,
             shared,
         }
@@ -74,35 +75,42 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    async fn publish_message(&self, draft: MessageDraft) -> Result<MessageFrame, BackendError> {
+    async fn publish_message(&self, draft: MessageDraft) -> Result<Published, BackendError> {
         let room = draft.room.clone();
         let now = Timestamp::now();
         let trace = draft.trace.clone();
-        let mut msg = draft.into_message(new_message_id(), 0, now);
-        let (frame_pre, frame_post) = frame_template(&msg);
+        let msg = draft.into_message(new_message_id(), 0, now);
+        let (frame_pre, frame_post) = msg.offset_template();
+        let header = ScriptHeader::new(&self.node, now, trace.as_deref());
         let k = &self.redis.keys;
-        let (offset, _epoch): (u64, String) = self
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .key(k.seq(&room))
+            .key(k.log(&room))
+            .key(k.epoch(&room));
+        if let Some(client_id) = &msg.client_id {
+            invocation.key(k.published(&room, &msg.user_id, client_id));
+        }
+        invocation
+            .arg(self.history.max_len)
+            .arg(epoch_candidate())
+            .arg(k.channel(&room))
+            .arg(frame_pre)
+            .arg(frame_post)
+            .arg(header.head)
+            .arg(header.mid)
+            .arg(header.tail)
+            .arg(self.history.dedupe_window.as_millis() as u64)
+            .arg(&msg.id)
+            .arg(now.as_micros());
+        let reply: redis::Value = self
             .redis
-            .timed(async {
+            .timed_write(async {
                 let mut c = self.redis.conn().await?;
-                PUBLISH
-                    .key(k.seq(&room))
-                    .key(k.log(&room))
-                    .key(k.epoch(&room))
-                    .arg(self.history_len)
-                    .arg(epoch_candidate())
-                    .arg(k.channel(&room))
-                    .arg(frame_pre)
-                    .arg(frame_post)
-                    .arg(envelope::script_prefix())
-                    .arg(envelope::script_suffix(&self.node, now, trace.as_deref()))
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(unavailable)
+                invocation.invoke_async(&mut c).await.map_err(write_error)
             })
             .await?;
-        msg.offset = offset;
-        Ok(msg)
+        published(msg, reply)
     }
 
     async fn publish_event(
@@ -146,4 +154,51 @@ impl Broker for RedisBroker {
     fn is_healthy(&self) -> bool {
         self.shared.stats.broker_up.load(Ordering::Acquire)
     }
+}
+
+/// Reads the publish script's reply (see [`PUBLISH`]).
+fn published(mut msg: MessageFrame, reply: redis::Value) -> Result<Published, BackendError> {
+    let corrupt = |what: &str| BackendError::Corrupt(format!("publish reply: {what}"));
+    let redis::Value::Array(items) = reply else {
+        return Err(corrupt("not an array"));
+    };
+    let (kind, offset): (i64, u64) = match items.as_slice() {
+        [k, o, ..] => (
+            redis::from_redis_value_ref(k).map_err(|_| corrupt("kind"))?,
+            redis::from_redis_value_ref(o).map_err(|_| corrupt("offset"))?,
+        ),
+        _ => return Err(corrupt("too short")),
+    };
+    msg.offset = offset;
+    if kind == 0 {
+        return Ok(Published {
+            message: msg,
+            duplicate: false,
+        });
+    }
+    let text = |i: usize| -> Result<String, BackendError> {
+        items
+            .get(i)
+            .ok_or_else(|| corrupt("too short"))
+            .and_then(|v| redis::from_redis_value_ref(v).map_err(|_| corrupt("field")))
+    };
+    let frame = text(3)?;
+    let message = if frame.is_empty() {
+        // Trimmed from history since: the first result as far as it is known.
+        let micros: i64 = text(5)?.parse().map_err(|_| corrupt("timestamp"))?;
+        MessageFrame {
+            id: text(4)?,
+            timestamp: Timestamp::from_micros(micros),
+            ..msg
+        }
+    } else {
+        match serde_json::from_str::<roomcast_protocol::ServerFrame>(&frame) {
+            Ok(roomcast_protocol::ServerFrame::Message(m)) => m,
+            _ => return Err(corrupt("stored frame")),
+        }
+    };
+    Ok(Published {
+        message,
+        duplicate: true,
+    })
 }

@@ -43,6 +43,17 @@ pub fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(e.to_string())
 }
 
+/// Maps the error of a write that was sent: Redis's own refusal (an error
+/// reply: read-only replica, loading, out of memory, a script error) means
+/// it did nothing; anything else (the connection broke, the reply could not
+/// be read) leaves the outcome unknown.
+pub fn write_error(e: RedisError) -> BackendError {
+    match e.kind() {
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => unavailable(e),
+        _ => BackendError::Indeterminate(e.to_string()),
+    }
+}
+
 /// Shared handle to Redis for commands (not pub/sub).
 #[derive(Clone)]
 pub struct Redis {
@@ -199,7 +210,25 @@ impl Redis {
         .await
     }
 
-    /// Runs `op` with the operation deadline.
+    /// Runs a write with the operation deadline. Past it the write may still
+    /// be carried out (it may sit in Redis's input buffer, or Redis may be
+    /// frozen), so a timeout is [`BackendError::Indeterminate`], not
+    /// "unavailable".
+    pub async fn timed_write<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(OP_TIMEOUT, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Indeterminate(format!(
+                    "no answer from redis within {OP_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// Runs `op` with the operation deadline. A read (or a write whose
+    /// double effect does no harm) that times out counts as not done.
     pub async fn timed<T>(
         &self,
         op: impl Future<Output = Result<T, BackendError>>,

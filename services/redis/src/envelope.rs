@@ -1,12 +1,17 @@
-//! The envelope as it travels over Redis pub/sub.
+//! The envelope as it travels over Redis pub/sub; this module is the only
+//! place that writes or reads its format.
 //!
 //! `v1|<offset>|<epoch>|<origin node>|<published micros>|<exclude user>|<trace>|<frame>`
 //!
-//! A flat header the Lua publish script can build by concatenation (the
-//! offset is only known inside the script), followed by the frame exactly as
-//! clients receive it: the receiving node parses the header and hands the
-//! frame bytes on without decoding them. No header field can contain `|`
-//! (ids, node ids and epochs are validated; trace contexts are hex and `-`).
+//! A flat header followed by the frame exactly as clients receive it: the
+//! receiving node parses the header and hands the frame bytes on without
+//! decoding them. No header field can contain `|` (ids, node ids and epochs
+//! are validated; trace contexts are hex and `-`).
+//!
+//! A stored message's offset and epoch are only known inside the publish
+//! script, so for it this module hands out a [`ScriptHeader`]: the literal
+//! pieces around those two values, which the script joins as
+//! `head .. offset .. mid .. epoch .. tail .. frame` and nothing else.
 
 use bytes::Bytes;
 use roomcast_core::envelope::Envelope;
@@ -14,18 +19,38 @@ use roomcast_protocol::{RoomId, Timestamp, UserId};
 
 const VERSION: &str = "v1";
 
-/// The header fields before the offset, for the publish script.
-pub fn script_prefix() -> &'static str {
-    "v1|"
+/// The header of a stored message's envelope, minus the offset and the
+/// epoch that the publish script fills in:
+/// `head .. offset .. mid .. epoch .. tail .. frame`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptHeader {
+    pub head: &'static str,
+    pub mid: &'static str,
+    pub tail: String,
 }
 
-/// The header fields after the offset and epoch, for the publish script.
-pub fn script_suffix(origin: &str, published_at: Timestamp, trace: Option<&str>) -> String {
-    format!(
-        "|{origin}|{}||{}|",
-        published_at.as_micros(),
-        trace.unwrap_or("")
-    )
+impl ScriptHeader {
+    /// For a message accepted by `origin` at `published_at` (to every member:
+    /// a stored message excludes nobody).
+    pub fn new(origin: &str, published_at: Timestamp, trace: Option<&str>) -> Self {
+        Self {
+            head: "v1|",
+            mid: "|",
+            tail: format!(
+                "|{origin}|{}||{}|",
+                published_at.as_micros(),
+                trace.unwrap_or("")
+            ),
+        }
+    }
+
+    /// What the script builds, for tests.
+    pub fn join(&self, offset: u64, epoch: &str, frame: &str) -> String {
+        format!(
+            "{}{offset}{}{epoch}{}{frame}",
+            self.head, self.mid, self.tail
+        )
+    }
 }
 
 /// Encodes an ephemeral (offset 0) envelope.
@@ -133,14 +158,8 @@ mod tests {
 
     #[test]
     fn script_built_envelope_decodes() {
-        let payload = format!(
-            "{}{}|{}{}{}",
-            script_prefix(),
-            7,
-            "ep1",
-            script_suffix("n", Timestamp::from_micros(5), None),
-            r#"{"type":"message"}"#
-        );
+        let header = ScriptHeader::new("n", Timestamp::from_micros(5), None);
+        let payload = header.join(7, "ep1", r#"{"type":"message"}"#);
         let got = decode(RoomId::parse("r").unwrap(), Bytes::from(payload)).unwrap();
         assert_eq!((got.envelope.offset, got.epoch.as_str()), (7, "ep1"));
         assert_eq!(&got.envelope.frame[..], br#"{"type":"message"}"#);

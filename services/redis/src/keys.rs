@@ -31,7 +31,7 @@ impl Keys {
         s
     }
 
-    /// HASH `username`, `created_at` (micros).
+    /// HASH `name` (the username), `created_at` (micros).
     pub fn user(&self, id: &UserId) -> String {
         self.k(&["user", id.as_str()])
     }
@@ -58,6 +58,12 @@ impl Keys {
     /// STREAM of stored frames; entry id `<offset>-0`.
     pub fn log(&self, room: &RoomId) -> String {
         self.k(&["log", room.as_str()])
+    }
+    /// A publish's de-duplication record: `<offset> <id> <micros>`, expiring
+    /// after the window. The `client_id` is the sender's own string (at most
+    /// 128 bytes); as the last part of the key it cannot reach another key.
+    pub fn published(&self, room: &RoomId, user: &UserId, client_id: &str) -> String {
+        self.k(&["pub", room.as_str(), user.as_str(), client_id])
     }
     /// The room's history epoch.
     pub fn epoch(&self, room: &RoomId) -> String {

@@ -39,7 +39,7 @@ pub struct RedisOptions {
     pub url: String,
     pub key_prefix: String,
     pub node_id: String,
-    pub history_len: usize,
+    pub history: roomcast_core::history::HistoryOptions,
     pub pool_size: usize,
     pub timing: Timing,
     /// Hold a presence lease (every edge does).
@@ -83,7 +83,7 @@ pub fn start(
         broker: Arc::new(broker::RedisBroker::new(
             redis.clone(),
             &opts.node_id,
-            opts.history_len,
+            opts.history,
             tx,
             shared.clone(),
         )),

@@ -115,27 +115,6 @@ impl RedisPresence {
             })
             .await
     }
-
-    /// Users online across all rooms (a user in two rooms counts twice).
-    pub async fn online_count(&self) -> Result<u64, BackendError> {
-        let k = &self.redis.keys;
-        self.redis
-            .timed(async {
-                let mut c = self.redis.conn().await?;
-                let rooms: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(k.presence_rooms())
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                let mut pipe = redis::pipe();
-                for r in rooms.iter().filter_map(|r| RoomId::parse(r).ok()) {
-                    pipe.cmd("HLEN").arg(k.presence(&r));
-                }
-                let lens: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
-                Ok(lens.iter().sum())
-            })
-            .await
-    }
 }
 
 /// The node part of a `node/conn` connection key.
@@ -217,6 +196,31 @@ impl Presence for RedisPresence {
                     .await
                     .map_err(unavailable)?;
                 Ok(users_of(all))
+            })
+            .await
+    }
+
+    /// Users online across all rooms (a user in two rooms counts twice).
+    async fn online_count(&self) -> Result<u64, BackendError> {
+        let k = &self.redis.keys;
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let rooms: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(k.presence_rooms())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let mut pipe = redis::pipe();
+                for r in rooms.iter().filter_map(|r| RoomId::parse(r).ok()) {
+                    pipe.cmd("HLEN").arg(k.presence(&r));
+                }
+                if pipe.is_empty() {
+                    // An empty pipeline is a client error, not zero.
+                    return Ok(0);
+                }
+                let lens: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+                Ok(lens.iter().sum())
             })
             .await
     }

@@ -8,20 +8,39 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Stores and publishes one message.
-/// KEYS: seq, log, epoch. ARGV: max_len, epoch candidate, channel,
-/// frame prefix, frame suffix, envelope prefix, envelope suffix.
-/// Returns `{offset, epoch}`.
+/// Stores and publishes one message, once per `(room, sender, client_id)`.
+/// KEYS: seq, log, epoch, and the publish's de-duplication key when it has a
+/// `client_id`. ARGV: max_len, epoch candidate, channel, frame before the
+/// offset, frame after it, envelope head, mid and tail (see
+/// `envelope::ScriptHeader`), de-duplication window (ms), message id,
+/// timestamp (micros).
+/// Returns `{0, offset, epoch}` for a new message, or `{1, offset, epoch,
+/// stored frame or '', id, timestamp}` when the key shows it was published
+/// before (nothing is stored or sent again).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    local offset, id, ts = string.match(first, '^(%d+) (%S+) (%d+)$')
+    local epoch = redis.call('GET', KEYS[3]) or ''
+    local e = redis.call('XRANGE', KEYS[2], offset .. '-0', offset .. '-0')
+    local frame = ''
+    if #e > 0 then frame = e[1][2][2] end
+    return {1, tonumber(offset), epoch, frame, id, ts}
+  end
+end
 local offset = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[3], ARGV[2], 'NX')
 local epoch = redis.call('GET', KEYS[3])
 local frame = ARGV[4] .. offset .. ARGV[5]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame)
-redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. '|' .. epoch .. ARGV[7] .. frame)
-return {offset, epoch}
+redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
+end
+return {0, offset, epoch}
 ",
     )
 });
@@ -56,8 +75,9 @@ return {epoch, seq, oldest, frames, offsets}
     )
 });
 
-/// Gets or creates a user. KEYS: user hash, users zset.
-/// ARGV: id, username, created micros. Returns `{username, created}`.
+/// Gets or creates a user or a room (a hash with `name` and `created_at`,
+/// listed in an index). KEYS: the hash, the index zset.
+/// ARGV: id, name, created micros. Returns `{name, created}`.
 pub static ENSURE_ENTITY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

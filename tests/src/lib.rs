@@ -326,7 +326,9 @@ impl Resp {
     }
 }
 
+mod cluster;
 mod redis;
+pub use cluster::cluster;
 pub use redis::RedisServer;
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;

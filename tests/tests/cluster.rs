@@ -6,24 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use roomcast_tests::{Client, Closed, Edge, RedisServer};
+use roomcast_tests::{Client, Closed, Edge, RedisServer, cluster};
 use serde_json::{Value, json};
 
 const QUIET: Duration = Duration::from_millis(400);
-
-async fn cluster(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Vec<Edge> {
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let id = format!("node-{i}");
-        let mut env = vec![("REDIS_URL", url.as_str()), ("NODE_ID", id.as_str())];
-        env.extend_from_slice(extra);
-        let edge = Edge::start(&env).await;
-        edge.wait_ready().await;
-        nodes.push(edge);
-    }
-    nodes
-}
 
 fn offsets(frames: &[Value]) -> Vec<u64> {
     frames

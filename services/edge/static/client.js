@@ -9,8 +9,11 @@
 //   await chat.send("hello");          // resolves once stored and published
 //
 // What it guarantees across reconnects: it resumes with `since` = the last
-// offset it saw, so nothing is missed, and it drops any message at or below
-// that offset, so nothing is shown twice.
+// offset it saw (0 included: a room that was empty), so nothing is missed,
+// and it drops any message at or below that offset, so nothing is shown
+// twice. A send that is not acknowledged (the connection dropped, or the
+// server could not tell whether it was stored) is sent again with the same
+// `client_id` until it is, and the server never stores it twice.
 
 /** Connection states, in the `state` event and `client.state`. */
 export const State = Object.freeze({
@@ -24,6 +27,10 @@ export const State = Object.freeze({
 const FATAL = new Set([4001, 4003, 4004]);
 /** Close codes that mean "reconnect now, elsewhere" (node draining / going away). */
 const RIGHT_AWAY = new Set([1001, 1012]);
+/** Error codes after which a send is tried again (same client_id): the
+ *  message was not stored (`unavailable`), or may have been
+ *  (`outcome_unknown`); a retry stores it once either way. */
+const RETRY_SEND = new Set(["unavailable", "outcome_unknown"]);
 
 /** Error for a send that failed; `code` is the server's error code when it gave one. */
 export class SendError extends Error {
@@ -51,7 +58,8 @@ export class RoomcastClient extends EventTarget {
    * @param {object} [o.backoff]       { initial: 250, max: 10000, factor: 2, jitter: 0.5 } (ms)
    * @param {(info: {code: number, reason: string, attempt: number}) => boolean} [o.shouldReconnect]
    *                                   return false to stop reconnecting
-   * @param {number} [o.ackTimeout]    ms before an unacknowledged send rejects (10000)
+   * @param {number} [o.ackTimeout]    ms before an unacknowledged send rejects (10000); until then
+   *                                   it is retried with the same client_id
    * @param {number} [o.typingInterval] ms between `typing: true` frames while typing (2000)
    * @param {number} [o.typingIdle]    ms of no typing after which `typing: false` is sent (3000)
    * @param {number} [o.pingInterval]  ms between keep-alive pings (20000)
@@ -75,6 +83,8 @@ export class RoomcastClient extends EventTarget {
     this.pongTimeout = o.pongTimeout ?? 10000;
     /** The last message offset seen; reconnects resume after it. */
     this.lastOffset = o.since ?? 0;
+    /** Whether to ask for `since` (given, or connected once: a position to resume from). */
+    this._resume = o.since !== undefined;
     this.epoch = null;
     this.nodeId = null;
     this.state = State.OFFLINE;
@@ -84,8 +94,7 @@ export class RoomcastClient extends EventTarget {
     this._attempt = 0;
     this._stopped = true;
     this._retry = null;
-    this._pending = new Map(); // client_id → { resolve, reject, timer }
-    this._outbox = []; // frames sent while not connected
+    this._pending = new Map(); // client_id → { resolve, reject, timer, frame, ws, error, retry }
     this._seq = 0;
     this._typingSentAt = 0;
     this._typingIdleTimer = null;
@@ -119,12 +128,14 @@ export class RoomcastClient extends EventTarget {
    */
   send(content, clientId = this._nextId()) {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const p = { resolve, reject, frame: { type: "message", content, client_id: clientId }, ws: null, error: null, retry: 0 };
+      p.timer = setTimeout(() => {
         this._pending.delete(clientId);
-        reject(new SendError("timeout", "no acknowledgement in time; the message may not have been stored"));
+        clearTimeout(p.retryTimer);
+        reject(p.error ?? new SendError("timeout", "no acknowledgement in time; the message may have been stored"));
       }, this.ackTimeout);
-      this._pending.set(clientId, { resolve, reject, timer });
-      this._transmit({ type: "message", content, client_id: clientId });
+      this._pending.set(clientId, p);
+      this._sendPending(p);
     });
   }
 
@@ -160,7 +171,7 @@ export class RoomcastClient extends EventTarget {
     const q = new URLSearchParams();
     if (this.token) q.set("token", this.token);
     if (this.username) q.set("username", this.username);
-    if (this.lastOffset > 0) q.set("since", String(this.lastOffset));
+    if (this._resume) q.set("since", String(this.lastOffset));
     const room = encodeURIComponent(this.room);
     const path = this.user
       ? `/ws/${room}/${encodeURIComponent(this.user)}`
@@ -206,9 +217,12 @@ export class RoomcastClient extends EventTarget {
     };
   }
 
-  _transmit(frame) {
-    if (this.state === State.CONNECTED && this._ws) this._ws.send(JSON.stringify(frame));
-    else this._outbox.push(frame);
+  /** Sends a pending message on the current connection, once per connection;
+   *  one not sent now goes out when the connection is back. */
+  _sendPending(p) {
+    if (this.state !== State.CONNECTED || !this._ws || p.ws === this._ws) return;
+    p.ws = this._ws;
+    this._ws.send(JSON.stringify(p.frame));
   }
 
   _sendNow(frame) {
@@ -224,16 +238,20 @@ export class RoomcastClient extends EventTarget {
           // have a gap the server cannot fill. Tell the app to refetch.
           this.lastOffset = f.offset;
           this._emit("reset", { offset: f.offset, epoch: f.epoch });
-        } else if (this.lastOffset === 0) {
+        } else if (f.recovered === undefined) {
+          // Connected without `since` (the first time): start at the room's
+          // head. With `since`, the replay that follows moves it on.
           this.lastOffset = f.offset;
         }
         this.epoch = f.epoch;
+        this._resume = true;
         this.nodeId = f.node_id;
         this._attempt = 0;
         this._setState(State.CONNECTED, { nodeId: f.node_id });
         this._emit("connected", f);
-        const out = this._outbox.splice(0);
-        for (const frame of out) this._ws.send(JSON.stringify(frame));
+        // Unacknowledged sends go again, same client_id, in order: the server
+        // answers one that was stored with its first ack.
+        for (const p of this._pending.values()) this._sendPending(p);
         this._startPing();
         break;
       }
@@ -255,12 +273,21 @@ export class RoomcastClient extends EventTarget {
         if (f.client_id) this._settle(f.client_id, null, { id: f.id, offset: f.offset });
         this._emit("ack", f);
         break;
-      case "error":
-        if (f.client_id && this._pending.has(f.client_id)) {
+      case "error": {
+        const p = f.client_id && this._pending.get(f.client_id);
+        if (p && RETRY_SEND.has(f.code)) {
+          // Not stored, or not known to be: try again shortly, until the ack
+          // deadline (then it rejects with this error).
+          p.error = new SendError(f.code, f.message);
+          p.ws = null;
+          clearTimeout(p.retryTimer);
+          p.retryTimer = setTimeout(() => this._pending.get(f.client_id) === p && this._sendPending(p), Math.min(2000, 250 * 2 ** p.retry++));
+        } else if (p) {
           this._settle(f.client_id, new SendError(f.code, f.message));
         }
         this._emit("error", f);
         break;
+      }
       case "user_joined":
         this.users.set(f.user_id, f.username);
         this._emit("joined", f);
@@ -286,12 +313,12 @@ export class RoomcastClient extends EventTarget {
     if (!p) return;
     this._pending.delete(clientId);
     clearTimeout(p.timer);
+    clearTimeout(p.retryTimer);
     err ? p.reject(err) : p.resolve(value);
   }
 
   _failPending(err) {
     for (const id of [...this._pending.keys()]) this._settle(id, err);
-    this._outbox = [];
   }
 
   _startPing() {

@@ -3,6 +3,11 @@
 //! Ids are validated (`A-Z a-z 0-9 - _ .`, see `roomcast_protocol::ids`)
 //! before they get here, so `:` always separates parts and one room's id
 //! can never name another room's keys.
+//!
+//! One script builds keys itself: the sweep, which learns the rooms and
+//! users of a dead node's connections only inside Redis. It gets the
+//! pieces from here ([`Keys::presence_parts`]) and joins them the way
+//! [`Keys::presence`] and [`Keys::presence_conns`] do (a test checks it).
 
 use roomcast_protocol::{RoomId, UserId};
 
@@ -89,6 +94,14 @@ impl Keys {
     pub fn presence_conns(&self, room: &RoomId, user: &UserId) -> String {
         self.k(&["pconn", room.as_str(), user.as_str()])
     }
+    /// The literal pieces the sweep script joins into presence keys:
+    /// `(pres_prefix, pconn_prefix, separator)`, so that
+    /// `pres_prefix .. room` is [`presence`](Self::presence) and
+    /// `pconn_prefix .. room .. separator .. user` is
+    /// [`presence_conns`](Self::presence_conns).
+    pub fn presence_parts(&self) -> (String, String, &'static str) {
+        (self.k(&["pres", ""]), self.k(&["pconn", ""]), ":")
+    }
     /// SET of rooms that have anyone online (for the online-users count).
     pub fn presence_rooms(&self) -> String {
         self.k(&["presrooms"])
@@ -112,5 +125,22 @@ impl Keys {
     /// The sweeper leader lock.
     pub fn sweeper_leader(&self) -> String {
         self.k(&["sweeper", "leader"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_scripts_key_pieces_make_the_same_keys() {
+        let k = Keys::new("p");
+        let (room, user) = (RoomId::parse("r-1").unwrap(), UserId::parse("u.1").unwrap());
+        let (pres, pconn, sep) = k.presence_parts();
+        assert_eq!(format!("{pres}{room}"), k.presence(&room));
+        assert_eq!(
+            format!("{pconn}{room}{sep}{user}"),
+            k.presence_conns(&room, &user)
+        );
     }
 }

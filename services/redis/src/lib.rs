@@ -6,7 +6,7 @@
 //! - [`keys`]: every key and channel name.
 //! - [`scripts`]: the Lua scripts behind each atomic step.
 //! - [`store`], [`history`], [`presence`]: the trait implementations.
-//! - [`broker`] and [`session`]: publishing, and the node's one pub/sub
+//! - [`broker`] and [`pubsub`]: publishing, and the node's one pub/sub
 //!   connection with resubscribe, gap backfill and the round-trip health check.
 //! - [`liveness`]: node leases and the sweeper for dead nodes' presence.
 //! - [`envelope`]: the wire format between nodes.
@@ -18,8 +18,8 @@ pub mod history;
 pub mod keys;
 pub mod liveness;
 pub mod presence;
+pub mod pubsub;
 pub mod scripts;
-pub mod session;
 pub mod store;
 
 use std::sync::Arc;
@@ -94,7 +94,7 @@ pub fn start(
         stats: stats.clone(),
     };
     let tracker = TaskTracker::new();
-    let session = session::Session::new(
+    let session = pubsub::PubSubSession::new(
         redis.clone(),
         hub.clone(),
         &opts.node_id,

@@ -8,6 +8,14 @@
 //! left anywhere. With the default 1 s heartbeat, 3 s TTL and 0.5 s sweep,
 //! a killed node's users are announced left within about 3.5 s, while a
 //! live node can miss two heartbeats before anyone thinks it dead.
+//!
+//! A lease that expired while Redis itself was unreachable (or restarting:
+//! expiry times are absolute, so a lease lapses during the downtime) says
+//! nothing about its node. The sweeper therefore sweeps only after its own
+//! connection has been healthy for a full TTL and Redis has been up for one
+//! (`uptime_in_seconds`), which gives every live node a TTL to renew. A node
+//! that renews a lapsed lease nobody swept has lost nothing and keeps its
+//! sockets; only a node that was swept tells its clients to resync.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +56,7 @@ impl Default for Timing {
 /// how many were announced.
 pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, BackendError> {
     let k = &redis.keys;
+    let (pres, pconn, sep) = k.presence_parts();
     let left: Vec<String> = redis
         .timed(async {
             let mut c = redis.conn().await?;
@@ -56,9 +65,11 @@ pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, B
                 .key(k.lease(node))
                 .key(k.nodes())
                 .key(k.presence_rooms())
-                .arg(k.prefix())
                 .arg(node)
                 .arg(if force { "1" } else { "0" })
+                .arg(&pres)
+                .arg(&pconn)
+                .arg(sep)
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)
@@ -171,7 +182,10 @@ pub async fn hold_lease(
 ) {
     let owner = uuid::Uuid::new_v4().to_string();
     let mut first = true;
-    let mut tick = tokio::time::interval(timing.heartbeat);
+    // After a failed renewal the next try comes sooner, so a node renews
+    // within moments of Redis coming back.
+    let retry = (timing.heartbeat / 4).max(Duration::from_millis(50));
+    let mut wait = Duration::ZERO;
     // Good renewals to wait before reconciling presence (None: not due).
     // After an outage, waiting one beat gives other nodes time to
     // resubscribe, so they hear the `user_left` it may publish.
@@ -181,13 +195,15 @@ pub async fn hold_lease(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = timing.heartbeat;
         if first {
             match sweep_node(&redis, &node, true).await {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot clear this node's earlier presence yet");
+                    wait = retry;
                     continue;
                 }
             }
@@ -211,6 +227,13 @@ pub async fn hold_lease(
         match renewed {
             Ok(1) => {}
             Ok(_) if first => tracing::info!(node, "presence lease taken"),
+            Ok(2) => {
+                tracing::info!(
+                    node,
+                    "presence lease had lapsed (Redis unreachable) but was not swept; renewed, nothing lost"
+                );
+                reconcile_in.get_or_insert(2);
+            }
             Ok(_) => {
                 let n = hub.kill_all(KillReason::Resync);
                 tracing::error!(
@@ -222,6 +245,7 @@ pub async fn hold_lease(
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
                 reconcile_in = Some(2);
+                wait = retry;
             }
         }
         first = false;
@@ -271,22 +295,31 @@ pub async fn run_sweeper(
     let lock_ttl = (timing.sweep_every * 6).max(Duration::from_secs(3));
     let mut tick = tokio::time::interval(timing.sweep_every);
     let mut leading = false;
+    // Since when this process has reached Redis without a failure.
+    let mut healthy_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match sweep_once(&redis, &owner, lock_ttl).await {
+        let now = tokio::time::Instant::now();
+        let trusted = healthy_since.is_some_and(|t| now - t >= timing.lease_ttl);
+        match sweep_once(&redis, &owner, lock_ttl, timing.lease_ttl, trusted).await {
             Ok(Some(announced)) => {
                 if !leading {
                     tracing::info!("presence sweeper leading");
                 }
                 leading = true;
+                healthy_since.get_or_insert(now);
                 BackendStats::add(&stats.presence_sweeps, 1);
                 BackendStats::add(&stats.presence_swept_users, announced);
             }
-            Ok(None) => leading = false,
+            Ok(None) => {
+                leading = false;
+                healthy_since.get_or_insert(now);
+            }
             Err(e) => {
+                healthy_since = None;
                 BackendStats::add(&stats.presence_sweep_errors, 1);
                 tracing::warn!(error = %e, "presence sweep failed");
             }
@@ -294,14 +327,19 @@ pub async fn run_sweeper(
     }
 }
 
-/// One pass: `None` when another process leads.
+/// One pass: `None` when another process leads. Nodes are swept only when
+/// `trusted` (this process has reached Redis for a full TTL) and Redis has
+/// been up for a full TTL; otherwise a lapsed lease may only mean Redis was
+/// away, and its node gets the time to renew.
 async fn sweep_once(
     redis: &Redis,
     owner: &str,
     lock_ttl: Duration,
+    lease_ttl: Duration,
+    trusted: bool,
 ) -> Result<Option<u64>, BackendError> {
     let k = &redis.keys;
-    let (lead, nodes): (i64, Vec<String>) = redis
+    let (lead, nodes, uptime): (i64, Vec<String>, Duration) = redis
         .timed(async {
             let mut c = redis.conn().await?;
             let lead: i64 = LOCK
@@ -311,24 +349,51 @@ async fn sweep_once(
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            let nodes: Vec<String> = if lead == 1 {
-                redis::cmd("SMEMBERS")
-                    .arg(k.nodes())
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?
-            } else {
-                Vec::new()
-            };
-            Ok((lead, nodes))
+            if lead != 1 || !trusted {
+                return Ok((lead, Vec::new(), Duration::ZERO));
+            }
+            let (nodes, info): (Vec<String>, String) = redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(k.nodes())
+                .cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok((lead, nodes, uptime_of(&info)))
         })
         .await?;
     if lead != 1 {
         return Ok(None);
+    }
+    if !trusted || uptime < lease_ttl {
+        return Ok(Some(0));
     }
     let mut announced = 0;
     for node in nodes {
         announced += sweep_node(redis, &node, false).await?;
     }
     Ok(Some(announced))
+}
+
+/// `uptime_in_seconds` of an `INFO server` reply (0 if absent: a server that
+/// does not say is not trusted to have kept its leases).
+fn uptime_of(info: &str) -> Duration {
+    info.lines()
+        .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_is_read_from_info() {
+        let info =
+            "# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:42\r\nuptime_in_days:0\r\n";
+        assert_eq!(uptime_of(info), Duration::from_secs(42));
+        assert_eq!(uptime_of("# Server\r\n"), Duration::ZERO);
+    }
 }

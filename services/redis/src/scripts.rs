@@ -126,8 +126,9 @@ return 0
 });
 
 /// Removes every connection of a node whose lease is gone. KEYS: nodeconns,
-/// lease, nodes, presrooms. ARGV: key prefix, node, force (1: sweep even
-/// with a lease, for a node sweeping its own previous life).
+/// lease, nodes, presrooms. ARGV: node, force (1: sweep even with a lease,
+/// for a node sweeping its own previous life), and the presence key pieces
+/// of `Keys::presence_parts`: pres prefix, pconn prefix, separator.
 /// Returns a flat list `room, user, username, ...` of users now gone.
 ///
 /// The per-room keys are derived inside the script from the entries, so this
@@ -135,13 +136,13 @@ return 0
 pub static SWEEP_NODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local left = {}
 for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local room, user, conn = string.match(e, '^(%S+) (%S+) (%S+)$')
   if room then
-    local pconn = ARGV[1] .. ':pconn:' .. room .. ':' .. user
-    local pres = ARGV[1] .. ':pres:' .. room
+    local pconn = ARGV[4] .. room .. ARGV[5] .. user
+    local pres = ARGV[3] .. room
     if redis.call('SREM', pconn, conn) == 1 and redis.call('SCARD', pconn) == 0 then
       local name = redis.call('HGET', pres, user) or user
       redis.call('HDEL', pres, user)
@@ -153,22 +154,26 @@ for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 redis.call('DEL', KEYS[1])
-if ARGV[3] ~= '1' then redis.call('SREM', KEYS[3], ARGV[2]) end
+if ARGV[2] ~= '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
 return left
 ",
     )
 });
 
 /// Renews a node's lease. KEYS: lease, nodes. ARGV: node, owner, ttl ms.
-/// Returns 1 if the lease was still ours, 0 if it had expired or was taken
-/// (then it is taken again).
+/// Returns 1 if the lease was still ours; 2 if it had lapsed but the node
+/// was not swept (it is still in `nodes`: e.g. Redis was unreachable or
+/// restarting, and the sweeper held off), so nothing was lost; 0 if it was
+/// swept or is held by another owner (then it is taken again).
 pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local held = redis.call('GET', KEYS[1]) == ARGV[2]
+local cur = redis.call('GET', KEYS[1])
+local known = redis.call('SISMEMBER', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
-if held then return 1 end
+if cur == ARGV[2] then return 1 end
+if cur == false and known == 1 then return 2 end
 return 0
 ",
     )

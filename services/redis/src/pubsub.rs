@@ -59,7 +59,7 @@ struct Cursor {
     last: u64,
 }
 
-pub struct Session {
+pub struct PubSubSession {
     redis: Redis,
     history: RedisHistory,
     hub: Arc<Hub>,
@@ -70,9 +70,9 @@ pub struct Session {
     shutdown: CancellationToken,
 }
 
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for PubSubSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
+        f.debug_struct("PubSubSession")
             .field("node", &self.node)
             .field("rooms", &self.cursors.len())
             .finish()
@@ -80,7 +80,7 @@ impl std::fmt::Debug for Session {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+enum PubSubError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -93,7 +93,7 @@ enum SessionError {
     RoundTrip(Duration),
 }
 
-impl Session {
+impl PubSubSession {
     pub fn new(
         redis: Redis,
         hub: Arc<Hub>,
@@ -170,10 +170,10 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self) -> Result<(), SessionError> {
+    async fn serve(&mut self) -> Result<(), PubSubError> {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.redis.client.get_async_pubsub())
             .await
-            .map_err(|_| SessionError::ConnectTimeout)??;
+            .map_err(|_| PubSubError::ConnectTimeout)??;
         let (mut sink, mut stream) = pubsub.split();
         let node_channel = self.redis.keys.node_channel(&self.node);
         sink.subscribe(&node_channel).await?;
@@ -202,7 +202,7 @@ impl Session {
                         let failed = result.as_ref().err().map(ToString::to_string);
                         let _ = reply.send(result);
                         if let Some(e) = failed {
-                            return Err(SessionError::Backend(BackendError::Unavailable(e)));
+                            return Err(PubSubError::Backend(BackendError::Unavailable(e)));
                         }
                     }
                     Some(Command::Unsubscribe(room)) => {
@@ -223,7 +223,7 @@ impl Session {
                     }
                 },
                 msg = stream.next() => {
-                    let Some(msg) = msg else { return Err(SessionError::Closed) };
+                    let Some(msg) = msg else { return Err(PubSubError::Closed) };
                     let channel = msg.get_channel_name();
                     if channel == node_channel {
                         waiting_since = None;
@@ -236,7 +236,7 @@ impl Session {
                 _ = tick.tick() => {
                     if let Some(since) = waiting_since {
                         if since.elapsed() > ROUND_TRIP_DEADLINE {
-                            return Err(SessionError::RoundTrip(ROUND_TRIP_DEADLINE));
+                            return Err(PubSubError::RoundTrip(ROUND_TRIP_DEADLINE));
                         }
                     } else {
                         waiting_since = Some(Instant::now());

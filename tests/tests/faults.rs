@@ -1,0 +1,256 @@
+//! Redis faults must not make the server lie to its clients: a Redis that
+//! freezes leaves publishes whose outcome the node cannot know, and retries
+//! of them must not store twice; a Redis that restarts must not make live
+//! users look gone.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use roomcast_tests::{Client, Edge, RedisServer, cluster};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads everything a client gets for `within`; panics if the socket ends.
+async fn drain(c: &mut Client, within: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, c.ws.next()).await {
+            Err(_) => return got,
+            Ok(Some(Ok(Message::Text(t)))) => got.push(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+}
+
+/// A client that sends `n` messages and retries each, with the same
+/// `client_id`, until it is acknowledged: after an `error` frame for it, or
+/// after `patience` without an answer. Returns the ack of each and the
+/// error codes it saw.
+async fn send_until_acked(
+    c: &mut Client,
+    n: usize,
+    gap: Duration,
+    patience: Duration,
+) -> (Vec<Value>, Vec<Value>) {
+    let mut acks = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..n {
+        let id = format!("m-{i}");
+        let frame = json!({"type": "message", "content": format!("msg {i}"), "client_id": id});
+        let started = Instant::now();
+        'retry: loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{id} never acknowledged"
+            );
+            c.send_json(&frame).await;
+            let deadline = Instant::now() + patience;
+            while let Some(f) = c
+                .next_json_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                match f["type"].as_str() {
+                    Some("ack") if f["client_id"] == id.as_str() => {
+                        acks.push(f);
+                        break 'retry;
+                    }
+                    Some("error") => {
+                        assert_eq!(
+                            f["client_id"],
+                            id.as_str(),
+                            "errors name the refused frame: {f}"
+                        );
+                        errors.push(f);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'retry;
+                    }
+                    // Acks of earlier attempts, messages, presence.
+                    _ => {}
+                }
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+    (acks, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_through_a_frozen_redis_store_each_message_once() {
+    let redis = RedisServer::start_persistent().await;
+    let nodes = cluster(&redis, 2, &[]).await;
+    let (alice, bob, room) = (
+        nodes[0].user("alice").await,
+        nodes[0].user("bob").await,
+        nodes[0].room("r").await,
+    );
+    let (mut a, _, _) = Client::join(&nodes[0].ws_url(&format!("/ws/{room}/{alice}"))).await;
+    let (mut b, _, _) = Client::join(&nodes[1].ws_url(&format!("/ws/{room}/{bob}"))).await;
+    a.next_of("user_joined").await;
+
+    // Alice sends 10 messages a second; a second in, Redis freezes for 6 s.
+    let freeze = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.signal("STOP");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        redis.signal("CONT");
+    };
+    let n = 60;
+    let ((acks, errors), ()) = tokio::join!(
+        send_until_acked(
+            &mut a,
+            n,
+            Duration::from_millis(100),
+            Duration::from_secs(4)
+        ),
+        freeze
+    );
+
+    // Publishes that timed out were reported as of unknown outcome, not as
+    // "nothing stored" (`unavailable` is right only where nothing was sent:
+    // no connection to send on).
+    let codes: Vec<&str> = errors.iter().filter_map(|e| e["code"].as_str()).collect();
+    assert!(codes.contains(&"outcome_unknown"), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(*c, "outcome_unknown" | "unavailable")),
+        "{codes:?}"
+    );
+    // Every message is in history exactly once, at the offset its ack gave.
+    let history = nodes[1]
+        .get(&format!("/rooms/{room}/messages?limit=1000"))
+        .await
+        .json();
+    let history = history.as_array().unwrap();
+    let by_content: HashMap<&str, u64> = history
+        .iter()
+        .map(|m| {
+            (
+                m["content"].as_str().unwrap(),
+                m["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(history.len(), n, "no message stored twice: {history:?}");
+    assert_eq!(by_content.len(), n);
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(
+            by_content[format!("msg {i}").as_str()],
+            ack["offset"].as_u64().unwrap(),
+            "the ack of a retry is the first result"
+        );
+    }
+    // Bob, on the other node, got each message once, in order.
+    let mut offsets = Vec::new();
+    for f in drain(&mut b, Duration::from_secs(3)).await {
+        if f["type"] == "message" {
+            offsets.push(f["offset"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(offsets, (1..=n as u64).collect::<Vec<_>>());
+    assert!(
+        nodes[0]
+            .metric("roomcast_messages_deduplicated_total")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_makes_no_live_user_look_gone() {
+    let mut redis = RedisServer::start_persistent().await;
+    let nodes = cluster(&redis, 3, &[]).await;
+    let room = nodes[0].room("r").await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let u = node.user(&format!("u{i}")).await;
+        let (c, _, _) = Client::join(&node.ws_url(&format!("/ws/{room}/{u}"))).await;
+        clients.push(c);
+    }
+    // Everyone has seen everyone join.
+    for c in &mut clients {
+        drain(c, Duration::from_millis(500)).await;
+    }
+
+    // Down for longer than the lease TTL (3 s): every lease lapses, as it
+    // does when Redis restarts with its data.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    redis.restart().await;
+    for node in &nodes {
+        node.wait_ready_status(200, Duration::from_secs(20)).await;
+    }
+    // A sweep would come within a TTL and a sweep interval of the restart.
+    for c in &mut clients {
+        for f in drain(c, Duration::from_secs(2)).await {
+            assert!(
+                !matches!(f["type"].as_str(), Some("user_left" | "user_joined")),
+                "presence flickered: {f}"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let presence = nodes[2]
+        .get(&format!("/rooms/{room}/presence"))
+        .await
+        .json();
+    assert_eq!(presence["users"].as_array().unwrap().len(), 3, "{presence}");
+    // The same sockets still chat.
+    clients[0]
+        .send_json(&json!({"content": "still here"}))
+        .await;
+    for c in &mut clients {
+        let got = drain(c, Duration::from_secs(2)).await;
+        assert!(
+            !got.iter().any(|f| f["type"] == "user_left"),
+            "presence flickered: {got:?}"
+        );
+        assert!(got.iter().any(|f| f["content"] == "still here"), "{got:?}");
+    }
+}
+
+/// The presence service reads the key prefix under the edge's name: a
+/// deployment that sets `ROOMCAST__REDIS__KEY_PREFIX` once, for both, has
+/// its dead nodes swept.
+#[tokio::test]
+async fn the_presence_service_shares_the_edges_settings() {
+    let redis = RedisServer::start().await;
+    let prefix = [
+        ("ROOMCAST__REDIS__KEY_PREFIX", "team-a"),
+        ("ROOMCAST__PRESENCE__SWEEPER", "false"),
+    ];
+    let mut nodes = cluster(&redis, 2, &prefix).await;
+    let url = redis.url();
+    let presence = Edge::start_bin(
+        "roomcast-presence",
+        &[("REDIS_URL", url.as_str()), prefix[0]],
+    )
+    .await;
+    presence.wait_ready().await;
+    let (w, d, room) = (
+        nodes[0].user("w").await,
+        nodes[0].user("d").await,
+        nodes[0].room("r").await,
+    );
+    let (mut watcher, _, _) = Client::join(&nodes[0].ws_url(&format!("/ws/{room}/{w}"))).await;
+    let (_doomed, _, _) = Client::join(&nodes[1].ws_url(&format!("/ws/{room}/{d}"))).await;
+    watcher.next_of("user_joined").await;
+    nodes[1].kill9();
+    let left = tokio::time::timeout(Duration::from_secs(15), watcher.next_of("user_left"))
+        .await
+        .expect("the presence service swept the dead node");
+    assert_eq!(left["user_id"], d.as_str());
+    assert!(presence.metric("roomcast_presence_swept_users_total").await >= 1.0);
+    // A bad prefix stops it at start-up, naming the setting.
+    let out = std::process::Command::new(roomcast_tests::binary("roomcast-presence"))
+        .env_clear()
+        .env("REDIS_URL", &url)
+        .env("ROOMCAST__REDIS__KEY_PREFIX", "bad prefix")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis.key_prefix"));
+}

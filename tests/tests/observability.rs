@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use roomcast_tests::{Client, Edge, RedisServer, free_port};
+use roomcast_tests::{Client, Edge, RedisServer, cluster, free_port};
 use serde_json::{Value, json};
 
 fn repo(path: &str) -> PathBuf {
@@ -60,7 +60,7 @@ impl Drop for Prometheus {
     }
 }
 
-fn start_prometheus(edges: &[u16], presence: u16) -> Prometheus {
+fn start_prometheus(edges: &[u16], presence: Option<u16>) -> Prometheus {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("roomcast-prom-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,12 +71,17 @@ fn start_prometheus(edges: &[u16], presence: u16) -> Prometheus {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: roomcast-edge\n    static_configs:\n      - targets: [{}]\n  - job_name: roomcast-presence\n    static_configs:\n      - targets: [{}]\n",
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: roomcast-edge\n    static_configs:\n      - targets: [{}]\n",
         repo("deploy/prometheus/alerts.yml").display(),
         targets(edges),
-        targets(&[presence]),
     );
+    if let Some(p) = presence {
+        config.push_str(&format!(
+            "  - job_name: roomcast-presence\n    static_configs:\n      - targets: [{}]\n",
+            targets(&[p])
+        ));
+    }
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, config).unwrap();
     let child = Command::new("prometheus")
@@ -130,6 +135,126 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// Every dashboard query, run against `prom`: those that fail or return no
+/// series.
+async fn dashboard_gaps(prom: &Edge) -> Vec<String> {
+    let mut failures = Vec::new();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("grafana/dashboards/roomcast.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "panel {} uses the datasource variable",
+                panel["title"]
+            );
+            let concrete = expr
+                .replace("$node", ".*")
+                .replace("$__rate_interval", "15s");
+            match query(prom, &concrete).await {
+                Ok(r) if r.is_empty() => {
+                    failures.push(format!("{}: no series for {expr}", panel["title"]))
+                }
+                Ok(_) => checked += 1,
+                Err(e) => failures.push(format!("{}: {expr}: {e}", panel["title"])),
+            }
+        }
+    }
+    assert!(
+        checked + failures.len() >= 20,
+        "only {checked} queries checked"
+    );
+    failures
+}
+
+/// Starts Prometheus scraping `edges` (and `presence`) and waits until it has
+/// scraped every target twice (it applies new targets only every few seconds,
+/// so "ready" is not "scraping").
+async fn scraped_prometheus(edges: &[u16], presence: Option<u16>) -> (Prometheus, Edge) {
+    let process = start_prometheus(edges, presence);
+    let prom = Edge::attach(process.port);
+    let targets = edges.len() + usize::from(presence.is_some());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if prom.try_status("/-/ready").await == Some(200)
+            && let Ok(r) = query(&prom, "count_over_time(up[1m]) >= 2").await
+            && r.len() == targets
+        {
+            return (process, prom);
+        }
+        assert!(Instant::now() < deadline, "prometheus is not scraping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A healthy cluster in its default shape (edges only, no presence service)
+/// with traffic and no errors of any kind: every panel of the dashboard has
+/// data (zeros where nothing went wrong), and each node's exposition passes
+/// `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_cluster_leaves_no_dashboard_panel_empty() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2, &[]).await;
+    let (_process, prom) = scraped_prometheus(&[nodes[0].port, nodes[1].port], None).await;
+    let room = nodes[0].room("calm").await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let u = node.user(&format!("u{i}")).await;
+        clients.push(
+            Client::join(&node.ws_url(&format!("/ws/{room}/{u}")))
+                .await
+                .0,
+        );
+    }
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        clients[n % 2]
+            .send_json(&json!({"content": format!("m{n}"), "client_id": format!("c{n}")}))
+            .await;
+        n += 1;
+        for c in clients.iter_mut() {
+            while c.next_json_within(Duration::from_millis(1)).await.is_some() {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failures = dashboard_gaps(&prom).await;
+    assert!(
+        failures.is_empty(),
+        "{} empty or failing panels:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for node in &nodes {
+        let text = node.get("/metrics").await.body;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_alert_evaluates_against_live_nodes() {
     let redis = RedisServer::start().await;
@@ -141,13 +266,8 @@ async fn every_dashboard_query_and_alert_evaluates_against_live_nodes() {
         nodes.push(e);
     }
     let presence = Edge::start_bin("roomcast-presence", &[("REDIS_URL", url.as_str())]).await;
-    let _prom_process = start_prometheus(&[nodes[0].port, nodes[1].port], presence.port);
-    let prom = Edge::attach(_prom_process.port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prom.try_status("/-/ready").await != Some(200) {
-        assert!(Instant::now() < deadline, "prometheus not ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_process, prom) =
+        scraped_prometheus(&[nodes[0].port, nodes[1].port], Some(presence.port)).await;
 
     // Traffic on both nodes, plus the events the health panels show.
     let room = nodes[0].room("busy").await;
@@ -191,34 +311,7 @@ async fn every_dashboard_query_and_alert_evaluates_against_live_nodes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut failures = Vec::new();
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("grafana/dashboards/roomcast.json")).unwrap(),
-    )
-    .unwrap();
-    let mut checked = 0;
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap();
-            assert_eq!(
-                target["datasource"]["uid"], "${datasource}",
-                "panel {} uses the datasource variable",
-                panel["title"]
-            );
-            let concrete = expr
-                .replace("$node", ".*")
-                .replace("$__rate_interval", "15s");
-            match query(&prom, &concrete).await {
-                Ok(r) if r.is_empty() => {
-                    failures.push(format!("{}: no series for {expr}", panel["title"]))
-                }
-                Ok(_) => checked += 1,
-                Err(e) => failures.push(format!("{}: {expr}: {e}", panel["title"])),
-            }
-        }
-    }
-    assert!(checked >= 20, "only {checked} queries checked");
-
+    let mut failures = dashboard_gaps(&prom).await;
     // Every alert rule was evaluated by Prometheus itself without error, and
     // every metric it names exists.
     let rules: Value = serde_json::from_str(&prom.get("/api/v1/rules").await.body).unwrap();

@@ -1,6 +1,12 @@
-//! Harness for end-to-end tests: starts the real `roomcast-edge` binary on a
-//! free loopback port, and talks to it with a small HTTP client and a real
+//! Harness for end-to-end tests: runs an edge node in this process on port 0
+//! ([`Edge::in_process`], for tests that need no other process), or starts
+//! the real `roomcast-edge` binary, which binds port 0 itself and says where
+//! it listens (no port is picked free and released first, so none can be
+//! taken in between), and talks to it with a small HTTP client and a real
 //! WebSocket client. Processes are stopped by PID when the handle drops.
+//!
+//! The binaries are built once per test process with `cargo build` (a no-op
+//! when they are fresh): a test of the binary must never run a stale one.
 
 #![allow(clippy::print_stdout)]
 
@@ -50,7 +56,9 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 (bound then released: another process may
+/// take it before it is used, so only for servers that cannot bind port 0
+/// themselves, and with a retry where they fail to start).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -65,16 +73,51 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A running `roomcast-edge` process.
+/// A running edge node: a `roomcast-edge` process, or one in this process.
 #[derive(Debug)]
 pub struct Edge {
     pub port: u16,
     child: Option<Child>,
+    /// Stops an in-process node.
+    stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Edge {
-    /// Starts an edge on a free port with these environment variables (on
-    /// top of a clean environment) and waits until `/health` answers.
+    /// Runs an edge node inside this process, on a port the system picks,
+    /// with settings from these variables (as the binary would read them,
+    /// nothing from this process's environment) and returns once it serves.
+    /// Stopped (drained) when the handle drops. For tests that need no other
+    /// process and no signals.
+    pub async fn in_process(env: &[(&str, &str)]) -> Edge {
+        use roomcast_edge::{Deps, Settings};
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let settings = Settings::load(None, &env).expect("valid settings");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let port = listener.local_addr().expect("bound").port();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let deps = if settings.redis.url.is_some() {
+            // The backend's tasks stop with the node.
+            Deps::redis(settings, stop.clone()).expect("redis deps").0
+        } else {
+            Deps::memory(settings).expect("memory deps")
+        };
+        tokio::spawn(roomcast_edge::run(listener, deps, stop.clone()));
+        let edge = Edge {
+            port,
+            child: None,
+            stop: Some(stop),
+        };
+        edge.wait_healthy().await;
+        edge
+    }
+
+    /// Starts an edge process with these environment variables (on top of a
+    /// clean environment) and waits until `/health` answers.
     pub async fn start(env: &[(&str, &str)]) -> Edge {
         Self::start_bin("roomcast-edge", env).await
     }
@@ -86,9 +129,11 @@ impl Edge {
 
     /// Starts another of the workspace's servers (e.g. `roomcast-presence`).
     pub async fn start_bin(name: &str, env: &[(&str, &str)]) -> Edge {
-        Self::spawn(name, free_port(), env).await
+        Self::spawn(name, 0, env).await
     }
 
+    /// Spawns `name` listening on `port` (0: any; the process prints the
+    /// address it bound as `listening on ADDR`).
     async fn spawn(name: &str, port: u16, env: &[(&str, &str)]) -> Edge {
         let mut cmd = Command::new(binary(name));
         cmd.env_clear()
@@ -98,22 +143,51 @@ impl Edge {
                 "RUST_LOG",
                 std::env::var("EDGE_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Read the announcement on a thread (the pipe is blocking), then keep
+        // draining stdout so the process never blocks on a full pipe.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not say where it listens"))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{name} exited before listening"));
+        let port = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+            .port();
         let edge = Edge {
             port,
             child: Some(child),
+            stop: None,
         };
+        edge.wait_healthy().await;
+        edge
+    }
+
+    async fn wait_healthy(&self) {
+        let edge = self;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = edge.try_request("GET", "/health", &[], None).await
                 && r.status == 200
             {
-                return edge;
+                return;
             }
             assert!(Instant::now() < deadline, "edge did not become healthy");
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -122,7 +196,11 @@ impl Edge {
 
     /// A handle on a port served by some other process (no process owned).
     pub fn attach(port: u16) -> Edge {
-        Edge { port, child: None }
+        Edge {
+            port,
+            child: None,
+            stop: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -305,6 +383,9 @@ impl Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -29,26 +29,38 @@ impl RedisServer {
         Self::start_with(true).await
     }
 
+    /// redis-server cannot bind port 0 and report it, so a free port is
+    /// picked and released first; if another process takes it in between,
+    /// our server fails to start (or another answers there), and the start
+    /// is tried again on another port.
     async fn start_with(persistent: bool) -> RedisServer {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("roomcast-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer {
-            port,
-            dir,
-            persistent,
-            child: None,
-        };
-        server.spawn().await;
-        server
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "roomcast-redis-{}-{port}-{}",
+                std::process::id(),
+                uuid_like()
+            ));
+            std::fs::create_dir_all(&dir).expect("redis dir");
+            let mut server = RedisServer {
+                port,
+                dir,
+                persistent,
+                child: None,
+            };
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the process; true once it answers as itself on its port.
+    async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -72,7 +84,23 @@ impl RedisServer {
                 .expect("redis-server must be installed (scripts/test.sh installs it)"),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ping().await {
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
+            // Ours, not another server that took the port: same directory.
+            if self.ping().await
+                && self
+                    .cli(&["CONFIG", "GET", "dir"])
+                    .contains(self.dir.to_str().unwrap())
+            {
+                return true;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -126,7 +154,10 @@ impl RedisServer {
     /// Starts it again on the same port and directory.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server did not restart on its port"
+        );
     }
 }
 
@@ -135,4 +166,17 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A short random suffix (directories must not collide across restarts of
+/// the test process on the same port).
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:x}", h.finish())
 }

@@ -14,7 +14,7 @@ async fn refused(url: &str, headers: &[(&str, &str)]) -> Closed {
 
 #[tokio::test]
 async fn unknown_room_or_user_closes_4004_unless_auto_create() {
-    let dev = Edge::start(&[]).await;
+    let dev = Edge::in_process(&[]).await;
     let (user, room) = (dev.user("u").await, dev.room("r").await);
     assert_eq!(
         refused(&dev.ws_url(&format!("/ws/nope/{user}")), &[])
@@ -36,7 +36,7 @@ async fn unknown_room_or_user_closes_4004_unless_auto_create() {
     );
 
     // Production defaults: both auto-create on.
-    let prod = Edge::start(&[("ENVIRONMENT", "production")]).await;
+    let prod = Edge::in_process(&[("ENVIRONMENT", "production")]).await;
     let (_, c, _) = Client::join(&prod.ws_url("/ws/lobby/carol?username=Carol")).await;
     assert_eq!(
         (c["room_id"].as_str(), c["username"].as_str()),
@@ -46,7 +46,7 @@ async fn unknown_room_or_user_closes_4004_unless_auto_create() {
     assert_eq!(prod.get("/users/carol").await.json()["username"], "Carol");
 
     // Each flag on its own.
-    let rooms_only = Edge::start(&[("ALLOW_WEBSOCKET_AUTO_ROOMS", "true")]).await;
+    let rooms_only = Edge::in_process(&[("ALLOW_WEBSOCKET_AUTO_ROOMS", "true")]).await;
     let u = rooms_only.user("u").await;
     Client::join(&rooms_only.ws_url(&format!("/ws/newroom/{u}"))).await;
     assert_eq!(
@@ -59,7 +59,7 @@ async fn unknown_room_or_user_closes_4004_unless_auto_create() {
 
 #[tokio::test]
 async fn rest_join_auto_create_follows_its_settings() {
-    let dev = Edge::start(&[]).await;
+    let dev = Edge::in_process(&[]).await;
     let user = dev.user("u").await;
     let r = dev
         .post("/rooms/auto-room/join", &json!({"user_id": user}))
@@ -83,7 +83,7 @@ async fn rest_join_auto_create_follows_its_settings() {
         422
     );
 
-    let prod = Edge::start(&[("ENVIRONMENT", "production")]).await;
+    let prod = Edge::in_process(&[("ENVIRONMENT", "production")]).await;
     let r = prod
         .post(
             "/rooms/auto-room/join",
@@ -97,7 +97,7 @@ async fn rest_join_auto_create_follows_its_settings() {
 #[tokio::test]
 async fn hs256_tokens_from_query_header_or_cookie() {
     let secret = "test-secret";
-    let edge = Edge::start(&[("JWT_SECRET", secret)]).await;
+    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
     let room = edge.room("r").await;
     let url = |user: &str, q: &str| edge.ws_url(&format!("/ws/{room}/{user}{q}"));
     let good = hs256(secret, "alice", json!({"name": "Alice"}));
@@ -179,7 +179,7 @@ async fn hs256_tokens_from_query_header_or_cookie() {
 #[tokio::test]
 async fn rooms_claim_limits_rooms() {
     let secret = "k";
-    let edge = Edge::start(&[("JWT_SECRET", secret)]).await;
+    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
     let (allowed, other) = (edge.room("a").await, edge.room("b").await);
     let token = hs256(secret, "alice", json!({"rooms": [allowed]}));
     Client::join(&edge.ws_url(&format!("/ws/{allowed}/alice?token={token}"))).await;
@@ -194,7 +194,7 @@ async fn rooms_claim_limits_rooms() {
 #[tokio::test]
 async fn rs256_and_algorithm_confusion() {
     let key = fixture("jwt-test-public.pem");
-    let edge = Edge::start(&[("JWT_PUBLIC_KEY_FILE", key.to_str().unwrap())]).await;
+    let edge = Edge::in_process(&[("JWT_PUBLIC_KEY_FILE", key.to_str().unwrap())]).await;
     let room = edge.room("r").await;
     let good = rs256("alice", json!({}));
     Client::join(&edge.ws_url(&format!("/ws/{room}/alice?token={good}"))).await;
@@ -211,7 +211,7 @@ async fn rs256_and_algorithm_confusion() {
 
 #[tokio::test]
 async fn origin_allow_list_for_sockets_and_cors() {
-    let edge = Edge::start(&[(
+    let edge = Edge::in_process(&[(
         "FRONTEND_URL",
         "https://chat.example.com, http://localhost:3000/",
     )])
@@ -276,7 +276,7 @@ async fn origin_allow_list_for_sockets_and_cors() {
 #[tokio::test]
 async fn an_expired_token_may_receive_but_not_send() {
     let secret = "k";
-    let edge = Edge::start(&[("JWT_SECRET", secret), ("PUBLISH_API_KEY", "pk")]).await;
+    let edge = Edge::in_process(&[("JWT_SECRET", secret), ("PUBLISH_API_KEY", "pk")]).await;
     let room = edge.room("r").await;
     let token = hs256(secret, "alice", json!({"exp": now() + 2}));
     let (mut c, _, _) =

@@ -1,4 +1,5 @@
-//! The chat flow of the contract against the real binary: join, message,
+//! The chat flow of the contract against an edge node run in-process on
+//! port 0 (the `run` the binary calls, with the same settings loader): join, message,
 //! ack, presence, joined/left once per user, typing, ping, history and
 //! recovery with `since`.
 
@@ -13,7 +14,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn seed_frontend_flow_message_fields_and_ack() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::in_process(&[]).await;
     let (alice, bob, room) = (
         edge.user("alice").await,
         edge.user("bob").await,
@@ -98,7 +99,7 @@ async fn seed_frontend_flow_message_fields_and_ack() {
 
 #[tokio::test]
 async fn joined_and_left_once_per_user_across_tabs() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::in_process(&[]).await;
     let (alice, bob, room) = (
         edge.user("alice").await,
         edge.user("bob").await,
@@ -150,7 +151,7 @@ async fn joined_and_left_once_per_user_across_tabs() {
 
 #[tokio::test]
 async fn typing_goes_to_others_only_and_ping_gets_pong() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::in_process(&[]).await;
     let (alice, bob, room) = (
         edge.user("alice").await,
         edge.user("bob").await,
@@ -181,7 +182,7 @@ async fn typing_goes_to_others_only_and_ping_gets_pong() {
 
 #[tokio::test]
 async fn history_since_offset_and_timestamp_and_limit() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::in_process(&[]).await;
     let (alice, room) = (edge.user("alice").await, edge.room("r").await);
     let (mut a, _, _) = Client::join(&edge.ws_url(&format!("/ws/{room}/{alice}"))).await;
     let mut stamps = Vec::new();
@@ -251,7 +252,7 @@ async fn send(c: &mut Client, text: String) -> u64 {
 
 #[tokio::test]
 async fn reconnect_with_since_gets_exactly_what_was_missed() {
-    let edge = Edge::start(&[("ROOMCAST__HISTORY__MAX_LEN", "5")]).await;
+    let edge = Edge::in_process(&[("ROOMCAST__HISTORY__MAX_LEN", "5")]).await;
     let (alice, bob, room) = (
         edge.user("alice").await,
         edge.user("bob").await,
@@ -308,7 +309,7 @@ async fn reconnect_with_since_gets_exactly_what_was_missed() {
 
 #[tokio::test]
 async fn server_side_publish_with_the_api_key() {
-    let edge = Edge::start(&[("PUBLISH_API_KEY", "sekret")]).await;
+    let edge = Edge::in_process(&[("PUBLISH_API_KEY", "sekret")]).await;
     let (alice, room) = (edge.user("alice").await, edge.room("r").await);
     let (mut a, _, _) = Client::join(&edge.ws_url(&format!("/ws/{room}/{alice}"))).await;
     let path = format!("/rooms/{room}/messages");
@@ -357,7 +358,7 @@ async fn server_side_publish_with_the_api_key() {
 #[tokio::test]
 async fn alias_route_identifies_by_token() {
     let secret = "s3cret";
-    let edge = Edge::start(&[("JWT_SECRET", secret)]).await;
+    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
     let room = edge.room("r").await;
     let token = roomcast_tests::hs256(secret, "user-42", json!({"name": "Forty Two"}));
     let (_, connected, presence) =

@@ -45,6 +45,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     pub host: String,
+    /// 0: a free port chosen by the system (printed on standard output).
     pub port: u16,
     /// This node's name in `connected` frames, logs and metrics. Empty: the
     /// host name, or a random id.
@@ -234,7 +235,7 @@ impl Default for WebSocketSettings {
 
 /// The flat variable names existing deployments set, and where each goes.
 const FLAT: &[(&str, &str, Kind)] = &[
-    ("PORT", "server.port", Kind::Port),
+    ("PORT", "server.port", Kind::ListenPort),
     ("METRICS_PORT", "server.metrics_port", Kind::Port),
     ("HOST", "server.host", Kind::Text),
     ("NODE_ID", "server.node_id", Kind::Text),
@@ -276,6 +277,9 @@ const FLAT: &[(&str, &str, Kind)] = &[
 #[derive(Clone, Copy)]
 enum Kind {
     Port,
+    /// A port to listen on; 0 asks the system for a free one (the bound
+    /// address is printed on standard output).
+    ListenPort,
     Bool,
     Text,
     /// A whole number above 0.
@@ -324,6 +328,12 @@ impl Settings {
                 Kind::Port => {
                     let port: u16 = v.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
                         bad(flat, format!("expected a port number 1-65535, got {v:?}"))
+                    })?;
+                    b.set_override(*key, i64::from(port))
+                }
+                Kind::ListenPort => {
+                    let port: u16 = v.trim().parse().map_err(|_| {
+                        bad(flat, format!("expected a port number 0-65535, got {v:?}"))
                     })?;
                     b.set_override(*key, i64::from(port))
                 }

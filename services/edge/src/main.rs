@@ -144,6 +144,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = listen(&addr, settings.server.listen_backlog)
         .await
         .with_context(|| format!("cannot listen on {addr} (PORT / server.host)"))?;
+    // The one line on standard output: where the node listens (with PORT=0,
+    // the port the system chose; tests and scripts read it from here).
+    if let Ok(bound) = listener.local_addr() {
+        println!("listening on {bound}");
+    }
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone()));
     // The backend's own tasks stop after the drain, not at its start: the

@@ -24,11 +24,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let port = match std::env::var("PORT") {
+        // 0: a free port, printed on standard output.
         Ok(p) => match p.trim().parse::<u16>() {
-            Ok(p) if p > 0 => p,
+            Ok(p) => p,
             _ => {
                 eprintln!(
-                    "roomcast-presence: invalid setting PORT: expected a port number 1-65535, got {p:?}"
+                    "roomcast-presence: invalid setting PORT: expected a port number 0-65535, got {p:?}"
                 );
                 std::process::exit(2);
             }
@@ -39,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port} (PORT / HOST)"))?;
+    if let Ok(bound) = listener.local_addr() {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("listening on {bound}");
+        }
+    }
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

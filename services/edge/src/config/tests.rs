@@ -64,7 +64,16 @@ fn layers_override_in_order() {
 fn bad_values_name_the_setting() {
     let err = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap_err().to_string();
     assert!(err(&[("PORT", "eighty")]).contains("PORT"));
-    assert!(err(&[("PORT", "0")]).contains("PORT"));
+    assert!(err(&[("PORT", "65536")]).contains("PORT"));
+    assert!(err(&[("METRICS_PORT", "0")]).contains("METRICS_PORT"));
+    assert_eq!(
+        Settings::load(None, &env(&[("PORT", "0")]))
+            .unwrap()
+            .server
+            .port,
+        0,
+        "0 asks for a free port"
+    );
     assert!(err(&[("ALLOW_WEBSOCKET_AUTO_ROOMS", "maybe")]).contains("ALLOW_WEBSOCKET_AUTO_ROOMS"));
     assert!(err(&[("ENVIRONMENT", "staging")]).contains("ENVIRONMENT"));
     assert!(

@@ -137,7 +137,7 @@ pub enum FrameRefusal {
 
 fn publish_message(e: &BackendError) -> &'static str {
     if e.may_have_happened() {
-        "no answer from the store in time: the message may have been stored; retry with the same client_id (it is never stored twice)"
+        "the store did not confirm it (no answer in time, or the connection broke): the message may have been stored; retry with the same client_id (it is never stored twice)"
     } else {
         "message not stored and not sent; retry"
     }

@@ -48,8 +48,14 @@ pub fn unavailable(e: impl std::fmt::Display) -> BackendError {
 /// it did nothing; anything else (the connection broke, the reply could not
 /// be read) leaves the outcome unknown.
 pub fn write_error(e: RedisError) -> BackendError {
+    if e.is_connection_refusal() {
+        // Never connected: nothing was sent.
+        return unavailable(e);
+    }
     match e.kind() {
         redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => unavailable(e),
+        // An I/O error on an established connection cannot say whether the
+        // request left before the connection broke.
         _ => BackendError::Indeterminate(e.to_string()),
     }
 }

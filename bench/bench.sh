@@ -43,7 +43,11 @@ until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 # substitution waits for every process holding its stdout, the edge included.)
 start_edge() { # port node-id
   REDIS_URL="redis://127.0.0.1:$redis_port/0" NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production \
+  ALLOW_UNAUTHENTICATED=true \
   ROOMCAST__WEBSOCKET__RATE_PER_SEC=100000 ROOMCAST__WEBSOCKET__RATE_BURST=100000 \
+  ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC=100000 ROOMCAST__LIMITS__USER_FRAME_BURST=100000 \
+  ROOMCAST__LIMITS__REST_RATE_PER_SEC=100000 ROOMCAST__LIMITS__REST_BURST=100000 \
+  ROOMCAST__LIMITS__CONNECTIONS_PER_USER=1000000 ROOMCAST__LIMITS__CONNECTIONS_PER_ADDRESS=1000000 \
   ROOMCAST__SERVER__MAX_CONNECTIONS=200000 RUST_LOG=warn "$edge" > "$tmp/$2.log" 2>&1 &
   started=$!
   pids+=("$started")
@@ -83,6 +87,10 @@ flr=$(tail -1 "$tmp/floor.txt"); echo "$flr" >> "$results/latest.jsonl"
 # Starts an edge on the embedded backend (no Redis); its pid in $started.
 start_embedded() { # port node-id
   NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production ROOMCAST__SERVER__MAX_CONNECTIONS=200000 \
+  ALLOW_UNAUTHENTICATED=true ROOMCAST__LIMITS__CONNECTIONS_PER_USER=1000000 \
+  ROOMCAST__LIMITS__CONNECTIONS_PER_ADDRESS=1000000 ROOMCAST__LIMITS__REST_RATE_PER_SEC=100000 \
+  ROOMCAST__LIMITS__REST_BURST=100000 ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC=100000 \
+  ROOMCAST__LIMITS__USER_FRAME_BURST=100000 \
   RUST_LOG=warn "$edge" > "$tmp/$2.log" 2>&1 &
   started=$!
   pids+=("$started")

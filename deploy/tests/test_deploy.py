@@ -58,6 +58,8 @@ def test_manifests_render_and_validate_strictly(kustomization, tmp_path):
 def test_example_secret_validates_and_is_not_deployed(tmp_path):
     secret = load_docs(ROOT / "k8s/base/secret.example.yaml")
     validate(secret, tmp_path)
+    data = secret[0]["stringData"]
+    assert len(data["JWT_SECRET"]) >= 32 and len(data["SERVER_API_KEY"]) >= 16, "what the edge accepts"
     assert not any(d["kind"] == "Secret" for d in kustomize("k8s/base"))
 
 
@@ -95,6 +97,11 @@ def test_edge_deployment_is_production_ready():
     assert pod["topologySpreadConstraints"] and pod["affinity"]["podAntiAffinity"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # No node starts without its secret (and so without auth).
+    secret_refs = [s["secretRef"] for s in c["envFrom"] if "secretRef" in s]
+    assert secret_refs and all(r.get("optional") is False for r in secret_refs), secret_refs
+    config = by_kind(docs, "ConfigMap")["data"]
+    assert config["ENVIRONMENT"] == "production" and "ALLOW_UNAUTHENTICATED" not in config
     presence = by_kind(docs, "Deployment", "roomcast-presence")
     assert presence["spec"]["replicas"] == 2
     ingress = by_kind(docs, "Ingress")["metadata"]["annotations"]

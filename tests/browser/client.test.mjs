@@ -57,7 +57,7 @@ test("client.js: acks, errors, fatal closes and drains", async () => {
     // auto-create on (production defaults) and a new history epoch.
     edge.kill("SIGTERM");
     await new Promise((r) => edge.on("exit", r));
-    edge = await startEdge(port, { ENVIRONMENT: "production" });
+    edge = await startEdge(port, { ENVIRONMENT: "production", ALLOW_UNAUTHENTICATED: "true" });
     await page.waitForFunction(() => window.__states.at(-1) === "connected" && window.__states.includes("reconnecting"));
     const after = await page.evaluate(async () => {
       const ack = await window.__c.send("after drain");
@@ -77,7 +77,7 @@ test("client.js: acks, errors, fatal closes and drains", async () => {
 
 test("client.js: throttled typing, and a frozen node is detected by the missing pong", async () => {
   const port = await freePort();
-  const edge = await startEdge(port, { ENVIRONMENT: "production" });
+  const edge = await startEdge(port, { ENVIRONMENT: "production", ALLOW_UNAUTHENTICATED: "true" });
   const browser = await launchChromium();
   try {
     const page = await browser.newPage();
@@ -125,7 +125,7 @@ test("client.js: throttled typing, and a frozen node is detected by the missing 
 
 test("client.js: resumes an empty room with since=0, and resends an unacknowledged send once", async () => {
   const port = await freePort();
-  await startEdge(port, { ENVIRONMENT: "production" });
+  await startEdge(port, { ENVIRONMENT: "production", ALLOW_UNAUTHENTICATED: "true" });
   const browser = await launchChromium();
   try {
     const page = await browser.newPage();

@@ -80,6 +80,16 @@ pub struct Edge {
     child: Option<Child>,
     /// Stops an in-process node.
     stop: Option<tokio_util::sync::CancellationToken>,
+    /// The node's server API key, if it was given one: the `user` and `room`
+    /// helpers create through it (with auth on only the backend may).
+    key: Option<String>,
+}
+
+/// The server API key among a node's settings.
+fn key_of(env: &[(&str, &str)]) -> Option<String> {
+    env.iter()
+        .find(|(k, _)| matches!(*k, "PUBLISH_API_KEY" | "SERVER_API_KEY"))
+        .map(|(_, v)| (*v).to_owned())
 }
 
 impl Edge {
@@ -90,6 +100,7 @@ impl Edge {
     /// process and no signals.
     pub async fn in_process(env: &[(&str, &str)]) -> Edge {
         use roomcast_edge::{Deps, Settings};
+        let key = key_of(env);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -111,6 +122,7 @@ impl Edge {
             port,
             child: None,
             stop: Some(stop),
+            key,
         };
         edge.wait_healthy().await;
         edge
@@ -175,6 +187,7 @@ impl Edge {
             port,
             child: Some(child),
             stop: None,
+            key: key_of(env),
         };
         edge.wait_healthy().await;
         edge
@@ -200,6 +213,7 @@ impl Edge {
             port,
             child: None,
             stop: None,
+            key: None,
         }
     }
 
@@ -349,19 +363,36 @@ impl Edge {
             .await
     }
 
-    /// Creates a user over REST; its id.
+    /// Headers that make a request the application backend's (none when
+    /// the node has no server key).
+    pub fn server_auth(&self) -> Vec<(&'static str, String)> {
+        self.key
+            .iter()
+            .map(|k| ("authorization", format!("Bearer {k}")))
+            .collect()
+    }
+
+    /// A POST as the application backend (with the server key if any).
+    pub async fn post_as_server(&self, path: &str, body: &Value) -> Resp {
+        let auth = self.server_auth();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.request("POST", path, &headers, Some(&body.to_string()))
+            .await
+    }
+
+    /// Creates a user over REST (as the backend); its id.
     pub async fn user(&self, name: &str) -> String {
         let r = self
-            .post("/users", &serde_json::json!({"username": name}))
+            .post_as_server("/users", &serde_json::json!({"username": name}))
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()["id"].as_str().expect("id").to_owned()
     }
 
-    /// Creates a room over REST; its id.
+    /// Creates a room over REST (as the backend); its id.
     pub async fn room(&self, name: &str) -> String {
         let r = self
-            .post("/rooms", &serde_json::json!({"name": name}))
+            .post_as_server("/rooms", &serde_json::json!({"name": name}))
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()["id"].as_str().expect("id").to_owned()

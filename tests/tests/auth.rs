@@ -36,7 +36,11 @@ async fn unknown_room_or_user_closes_4004_unless_auto_create() {
     );
 
     // Production defaults: both auto-create on.
-    let prod = Edge::in_process(&[("ENVIRONMENT", "production")]).await;
+    let prod = Edge::in_process(&[
+        ("ENVIRONMENT", "production"),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+    ])
+    .await;
     let (_, c, _) = Client::join(&prod.ws_url("/ws/lobby/carol?username=Carol")).await;
     assert_eq!(
         (c["room_id"].as_str(), c["username"].as_str()),
@@ -83,7 +87,11 @@ async fn rest_join_auto_create_follows_its_settings() {
         422
     );
 
-    let prod = Edge::in_process(&[("ENVIRONMENT", "production")]).await;
+    let prod = Edge::in_process(&[
+        ("ENVIRONMENT", "production"),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+    ])
+    .await;
     let r = prod
         .post(
             "/rooms/auto-room/join",
@@ -96,8 +104,12 @@ async fn rest_join_auto_create_follows_its_settings() {
 
 #[tokio::test]
 async fn hs256_tokens_from_query_header_or_cookie() {
-    let secret = "test-secret";
-    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
+    let secret = "test-secret-test-secret-test-secret";
+    let edge = Edge::in_process(&[
+        ("JWT_SECRET", secret),
+        ("PUBLISH_API_KEY", "server-key-123456"),
+    ])
+    .await;
     let room = edge.room("r").await;
     let url = |user: &str, q: &str| edge.ws_url(&format!("/ws/{room}/{user}{q}"));
     let good = hs256(secret, "alice", json!({"name": "Alice"}));
@@ -178,8 +190,12 @@ async fn hs256_tokens_from_query_header_or_cookie() {
 
 #[tokio::test]
 async fn rooms_claim_limits_rooms() {
-    let secret = "k";
-    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
+    let secret = "k-secret-k-secret-k-secret-k-secret";
+    let edge = Edge::in_process(&[
+        ("JWT_SECRET", secret),
+        ("PUBLISH_API_KEY", "server-key-123456"),
+    ])
+    .await;
     let (allowed, other) = (edge.room("a").await, edge.room("b").await);
     let token = hs256(secret, "alice", json!({"rooms": [allowed]}));
     Client::join(&edge.ws_url(&format!("/ws/{allowed}/alice?token={token}"))).await;
@@ -194,7 +210,11 @@ async fn rooms_claim_limits_rooms() {
 #[tokio::test]
 async fn rs256_and_algorithm_confusion() {
     let key = fixture("jwt-test-public.pem");
-    let edge = Edge::in_process(&[("JWT_PUBLIC_KEY_FILE", key.to_str().unwrap())]).await;
+    let edge = Edge::in_process(&[
+        ("JWT_PUBLIC_KEY_FILE", key.to_str().unwrap()),
+        ("PUBLISH_API_KEY", "server-key-123456"),
+    ])
+    .await;
     let room = edge.room("r").await;
     let good = rs256("alice", json!({}));
     Client::join(&edge.ws_url(&format!("/ws/{room}/alice?token={good}"))).await;
@@ -275,8 +295,12 @@ async fn origin_allow_list_for_sockets_and_cors() {
 
 #[tokio::test]
 async fn an_expired_token_may_receive_but_not_send() {
-    let secret = "k";
-    let edge = Edge::in_process(&[("JWT_SECRET", secret), ("PUBLISH_API_KEY", "pk")]).await;
+    let secret = "k-secret-k-secret-k-secret-k-secret";
+    let edge = Edge::in_process(&[
+        ("JWT_SECRET", secret),
+        ("PUBLISH_API_KEY", "server-key-123456"),
+    ])
+    .await;
     let room = edge.room("r").await;
     let token = hs256(secret, "alice", json!({"exp": now() + 2}));
     let (mut c, _, _) =
@@ -298,7 +322,7 @@ async fn an_expired_token_may_receive_but_not_send() {
         .request(
             "POST",
             &format!("/rooms/{room}/messages"),
-            &[("authorization", "Bearer pk")],
+            &[("authorization", "Bearer server-key-123456")],
             Some(&body),
         )
         .await;

@@ -309,12 +309,12 @@ async fn reconnect_with_since_gets_exactly_what_was_missed() {
 
 #[tokio::test]
 async fn server_side_publish_with_the_api_key() {
-    let edge = Edge::in_process(&[("PUBLISH_API_KEY", "sekret")]).await;
+    let edge = Edge::in_process(&[("PUBLISH_API_KEY", "server-key-123456")]).await;
     let (alice, room) = (edge.user("alice").await, edge.room("r").await);
     let (mut a, _, _) = Client::join(&edge.ws_url(&format!("/ws/{room}/{alice}"))).await;
     let path = format!("/rooms/{room}/messages");
     let body = json!({"content": "deploy finished"}).to_string();
-    for auth in [None, Some("Bearer wrong"), Some("sekret")] {
+    for auth in [None, Some("Bearer wrong"), Some("server-key-123456")] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
         let r = edge.request("POST", &path, &headers, Some(&body)).await;
         assert_eq!(r.status, 401, "{auth:?}");
@@ -323,7 +323,7 @@ async fn server_side_publish_with_the_api_key() {
         .request(
             "POST",
             &path,
-            &[("authorization", "Bearer sekret")],
+            &[("authorization", "Bearer server-key-123456")],
             Some(&body),
         )
         .await;
@@ -339,7 +339,7 @@ async fn server_side_publish_with_the_api_key() {
         .request(
             "POST",
             "/rooms/nope/messages",
-            &[("authorization", "Bearer sekret")],
+            &[("authorization", "Bearer server-key-123456")],
             Some(&body),
         )
         .await;
@@ -348,7 +348,7 @@ async fn server_side_publish_with_the_api_key() {
         .request(
             "POST",
             &path,
-            &[("authorization", "Bearer sekret")],
+            &[("authorization", "Bearer server-key-123456")],
             Some(r#"{"content":"  "}"#),
         )
         .await;
@@ -357,8 +357,12 @@ async fn server_side_publish_with_the_api_key() {
 
 #[tokio::test]
 async fn alias_route_identifies_by_token() {
-    let secret = "s3cret";
-    let edge = Edge::in_process(&[("JWT_SECRET", secret)]).await;
+    let secret = "s3cret-s3cret-s3cret-s3cret-s3cret";
+    let edge = Edge::in_process(&[
+        ("JWT_SECRET", secret),
+        ("PUBLISH_API_KEY", "server-key-123456"),
+    ])
+    .await;
     let room = edge.room("r").await;
     let token = roomcast_tests::hs256(secret, "user-42", json!({"name": "Forty Two"}));
     let (_, connected, presence) =
@@ -374,6 +378,15 @@ async fn alias_route_identifies_by_token() {
         presence["users"],
         json!([{"user_id": "user-42", "username": "Forty Two"}])
     );
-    // The token's user now exists for REST too.
-    assert_eq!(edge.get("/users/user-42").await.status, 200);
+    // The token's user now exists for REST too: readable by itself (and the
+    // backend), not by anyone.
+    let bearer = format!("Bearer {token}");
+    let me = edge
+        .request("GET", "/users/user-42", &[("authorization", &bearer)], None)
+        .await;
+    assert_eq!(
+        (me.status, me.json()["username"].as_str()),
+        (200, Some("Forty Two"))
+    );
+    assert_eq!(edge.get("/users/user-42").await.status, 401);
 }

@@ -312,7 +312,7 @@ async fn the_same_sockets_live_through_a_redis_restart() {
 #[tokio::test]
 async fn messages_published_while_a_subscription_is_down_are_backfilled() {
     let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2, &[("PUBLISH_API_KEY", "k")]).await;
+    let nodes = cluster(&redis, 2, &[("PUBLISH_API_KEY", "server-key-123456")]).await;
     let (bob, room) = (nodes[1].user("b").await, nodes[0].room("r").await);
     let (mut b, _, _) = Client::join(&nodes[1].ws_url(&format!("/ws/{room}/{bob}"))).await;
     // Cut every pub/sub connection; publishes (through pooled connections)
@@ -324,7 +324,7 @@ async fn messages_published_while_a_subscription_is_down_are_backfilled() {
             .request(
                 "POST",
                 &format!("/rooms/{room}/messages"),
-                &[("authorization", "Bearer k")],
+                &[("authorization", "Bearer server-key-123456")],
                 Some(&body),
             )
             .await;
@@ -343,7 +343,15 @@ async fn messages_published_while_a_subscription_is_down_are_backfilled() {
 async fn a_redis_that_lost_its_data_makes_clients_resync() {
     // No persistence: a restart loses history, presence and leases.
     let mut redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2, &[("ENVIRONMENT", "production")]).await;
+    let nodes = cluster(
+        &redis,
+        2,
+        &[
+            ("ENVIRONMENT", "production"),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+        ],
+    )
+    .await;
     let (mut a, first, _) = Client::join(&nodes[0].ws_url("/ws/resync/alice")).await;
     let (mut b, _, _) = Client::join(&nodes[1].ws_url("/ws/resync/bob")).await;
     let mut seen = Vec::new();

@@ -153,6 +153,8 @@ async fn a_client_that_never_reads_is_closed_slow_consumer() {
         ("ROOMCAST__WEBSOCKET__WRITE_TIMEOUT_MS", "2000"),
         ("ROOMCAST__WEBSOCKET__RATE_PER_SEC", "100000"),
         ("ROOMCAST__WEBSOCKET__RATE_BURST", "100000"),
+        ("ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC", "100000"),
+        ("ROOMCAST__LIMITS__USER_FRAME_BURST", "100000"),
     ])
     .await;
     let (room, mut sender, mut stalled) = room_with_two(&edge).await;

@@ -25,6 +25,12 @@ async fn scenarios_run_against_a_real_node() {
     let edge = Edge::start(&[
         ("ROOMCAST__WEBSOCKET__RATE_PER_SEC", "1000"),
         ("ROOMCAST__WEBSOCKET__RATE_BURST", "1000"),
+        ("ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC", "1000"),
+        ("ROOMCAST__LIMITS__USER_FRAME_BURST", "1000"),
+        ("ROOMCAST__LIMITS__CONNECTIONS_PER_USER", "100000"),
+        ("ROOMCAST__LIMITS__CONNECTIONS_PER_ADDRESS", "100000"),
+        ("ROOMCAST__LIMITS__REST_RATE_PER_SEC", "100000"),
+        ("ROOMCAST__LIMITS__REST_BURST", "100000"),
     ])
     .await;
     let url = format!("http://127.0.0.1:{}", edge.port);

@@ -184,6 +184,7 @@ async fn rolling_restart_behind_nginx_loses_nothing() {
             ("REDIS_URL", url.clone()),
             ("NODE_ID", id.to_owned()),
             ("ENVIRONMENT", "production".to_owned()),
+            ("ALLOW_UNAUTHENTICATED", "true".to_owned()),
             ("ROOMCAST__SERVER__SHUTDOWN_GRACE_MS", "5000".to_owned()),
         ]
     };

@@ -145,7 +145,7 @@ fn print_config_shows_layers_and_masks_secrets() {
     let (code, out, err) = run_edge(
         &["--config", file.to_str().unwrap(), "--print-config"],
         &[
-            ("JWT_SECRET", "topsecret"),
+            ("JWT_SECRET", "topsecret-topsecret-topsecret-topsecret"),
             ("PORT", "9002"),
             ("ENVIRONMENT", "production"),
         ],

@@ -66,11 +66,17 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// The embedded single-node backend: everything in this process's memory,
-    /// delivering straight into `hub`, keeping history as `history` says.
-    pub fn memory(hub: Arc<Hub>, node_id: &str, history: HistoryOptions) -> Backend {
+    /// delivering straight into `hub`, keeping history as `history` says
+    /// and at most `max_users` users and `max_rooms` rooms.
+    pub fn memory(
+        hub: Arc<Hub>,
+        node_id: &str,
+        history: HistoryOptions,
+        (max_users, max_rooms): (usize, usize),
+    ) -> Backend {
         let history = Arc::new(MemoryHistory::new(history));
         Backend {
-            store: Arc::new(MemoryStore::default()),
+            store: Arc::new(MemoryStore::new(max_users, max_rooms)),
             broker: Arc::new(MemoryBroker::new(history.clone(), hub, node_id)),
             history,
             presence: Arc::new(MemoryPresence::default()),

@@ -41,6 +41,7 @@ macro_rules! backend_suite {
             a_retry_after_the_window_is_a_new_message,
             a_retry_of_a_trimmed_message_keeps_its_first_id,
             history_queries,
+            history_pages_end_at_the_byte_bound,
             events_skip_the_excluded_user_and_stay_in_their_room,
             presence_counts_connections,
             re_adding_a_connection_is_no_news,
@@ -240,7 +241,7 @@ pub async fn history_queries(make: &MakeBackend) {
     let r = room();
     let empty = b.history.position(&r).await.unwrap();
     assert_eq!(empty.offset, 0);
-    let q = |since, limit| HistoryQuery { since, limit };
+    let q = |since, limit| HistoryQuery::new(since, limit);
     let page = b
         .history
         .read(&r, q(Some(Since::Offset(0)), 50))
@@ -484,13 +485,7 @@ pub async fn publishing_is_idempotent_per_sender_and_client_id(make: &MakeBacken
     nothing_more(&mut rx).await;
     let page = b
         .history
-        .read(
-            &r,
-            HistoryQuery {
-                since: None,
-                limit: 50,
-            },
-        )
+        .read(&r, HistoryQuery::new(None, 50))
         .await
         .unwrap();
     assert_eq!(page.messages.len(), 4);
@@ -499,8 +494,8 @@ pub async fn publishing_is_idempotent_per_sender_and_client_id(make: &MakeBacken
 
 pub async fn a_retry_after_the_window_is_a_new_message(make: &MakeBackend) {
     let history = HistoryOptions {
-        max_len: 10,
         dedupe_window: Duration::from_millis(300),
+        ..HistoryOptions::new(10)
     };
     let b = make(Arc::default(), history).await;
     let r = room();
@@ -586,11 +581,57 @@ pub async fn online_users_are_counted_across_rooms(make: &MakeBackend) {
     assert_eq!(b.presence.online_count().await.unwrap(), before + 2);
 }
 
+pub async fn history_pages_end_at_the_byte_bound(make: &MakeBackend) {
+    let b = make(Arc::default(), opts(100)).await;
+    let r = room();
+    let big = "x".repeat(1000);
+    for i in 1..=10 {
+        b.broker
+            .publish_message(draft_from(&r, "ann", &format!("{i:02}{big}"), None))
+            .await
+            .unwrap();
+    }
+    let page = |since, max_bytes| HistoryQuery {
+        since,
+        limit: 50,
+        max_bytes,
+    };
+    let offsets = |p: &crate::history::HistoryPage| -> Vec<u64> {
+        p.messages.iter().map(|m| m.offset).collect()
+    };
+    let after = b
+        .history
+        .read(&r, page(Some(Since::Offset(0)), 3000))
+        .await
+        .unwrap();
+    assert_eq!((offsets(&after), after.truncated), (vec![1, 2], true));
+    let latest = b.history.read(&r, page(None, 3000)).await.unwrap();
+    assert_eq!(
+        (offsets(&latest), latest.truncated),
+        (vec![9, 10], true),
+        "the newest that fit"
+    );
+    let all = b
+        .history
+        .read(&r, page(Some(Since::Offset(0)), 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!((all.messages.len(), all.truncated), (10, false));
+    let tiny = b
+        .history
+        .read(&r, page(Some(Since::Offset(4)), 10))
+        .await
+        .unwrap();
+    assert_eq!(offsets(&tiny), [5], "one message always fits");
+}
+
 #[cfg(test)]
 mod memory {
     crate::backend_suite!(|| async {
         let make = |hub, history| {
-            Box::pin(async move { crate::Backend::memory(hub, "node-test", history) })
+            Box::pin(async move {
+                crate::Backend::memory(hub, "node-test", history, (usize::MAX, usize::MAX))
+            })
                 as std::pin::Pin<Box<dyn std::future::Future<Output = crate::Backend> + Send>>
         };
         ((), make)

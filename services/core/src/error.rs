@@ -20,6 +20,10 @@ pub enum BackendError {
     /// with the same `client_id` is safe (publishing is idempotent).
     #[error("backend outcome unknown: {0}")]
     Indeterminate(String),
+    /// A bounded store is full (the embedded backend's user or room limit):
+    /// nothing was created.
+    #[error("{0}")]
+    Full(String),
     /// The backend answered with data this version cannot read.
     #[error("backend data corrupt: {0}")]
     Corrupt(String),

@@ -9,7 +9,10 @@
 //! [`Broker`]: crate::broker::Broker
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
@@ -25,6 +28,11 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct HistoryOptions {
     /// Messages kept per room.
     pub max_len: usize,
+    /// Embedded backend: bytes of messages kept per room and in all rooms
+    /// (the oldest go first). A Redis deployment bounds memory with Redis's
+    /// own `maxmemory`.
+    pub max_room_bytes: usize,
+    pub max_total_bytes: usize,
     /// How long a publish is remembered by `(room, sender, client_id)`, so
     /// that a retry of it returns the first result instead of storing the
     /// message again.
@@ -36,6 +44,8 @@ impl HistoryOptions {
     pub fn new(max_len: usize) -> Self {
         Self {
             max_len,
+            max_room_bytes: 64 << 20,
+            max_total_bytes: 512 << 20,
             dedupe_window: Duration::from_secs(300),
         }
     }
@@ -79,11 +89,39 @@ impl Since {
 }
 
 /// A history read: without `since`, the latest `limit` messages; with it,
-/// the first `limit` after it.
+/// the first `limit` after it. Either way at most `max_bytes` of message
+/// frames (at least one message, however large): a page that would be
+/// larger ends early ([`HistoryPage::truncated`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub since: Option<Since>,
     pub limit: usize,
+    pub max_bytes: usize,
+}
+
+impl HistoryQuery {
+    /// `limit` messages, with no byte bound beyond [`DEFAULT_PAGE_BYTES`].
+    pub fn new(since: Option<Since>, limit: usize) -> Self {
+        Self {
+            since,
+            limit,
+            max_bytes: DEFAULT_PAGE_BYTES,
+        }
+    }
+}
+
+/// The default byte bound of a page.
+pub const DEFAULT_PAGE_BYTES: usize = 1024 * 1024;
+
+/// What a message costs in a page, in bytes: its frame's length, estimated
+/// without encoding it (the fixed part covers the field names, id, offset
+/// and timestamp).
+pub fn frame_cost(m: &MessageFrame) -> usize {
+    160 + m.content.len()
+        + m.username.len()
+        + m.user_id.as_str().len()
+        + m.room_id.as_str().len()
+        + m.client_id.as_ref().map_or(0, String::len)
 }
 
 /// The messages a read found, oldest first.
@@ -95,6 +133,28 @@ pub struct HistoryPage {
     /// retained (or the offset is beyond the room's latest, e.g. from another
     /// epoch), so the reader cannot have everything it missed.
     pub complete: bool,
+    /// The page ended early at the byte bound: more messages match (read on
+    /// after the last one, or, without `since`, before the first one).
+    pub truncated: bool,
+}
+
+/// Takes messages from `it` while they fit in `max_bytes` (always the
+/// first), up to `limit`; whether it stopped at the byte bound.
+pub fn take_within<'a>(
+    it: impl Iterator<Item = &'a MessageFrame>,
+    limit: usize,
+    max_bytes: usize,
+) -> (Vec<MessageFrame>, bool) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for m in it.take(limit) {
+        bytes += frame_cost(m);
+        if bytes > max_bytes && !out.is_empty() {
+            return (out, true);
+        }
+        out.push(m.clone());
+    }
+    (out, false)
 }
 
 /// Reading a room's stored messages.
@@ -125,12 +185,21 @@ pub struct MemoryHistory {
     epoch: String,
     options: HistoryOptions,
     rooms: Sharded<HashMap<RoomId, RoomLog>>,
+    /// Bytes (by [`frame_cost`]) and messages retained in all rooms.
+    total_bytes: AtomicUsize,
+    live: AtomicUsize,
+    /// Every retained message in append order across rooms, to drop the
+    /// oldest when `max_total_bytes` is passed. Messages a room dropped by
+    /// its own bounds stay here until skipped or compacted away.
+    /// Lock order: a room shard, then this; never the other way round.
+    order: Mutex<VecDeque<(RoomId, u64)>>,
 }
 
 #[derive(Debug, Default)]
 struct RoomLog {
     last_offset: u64,
     messages: VecDeque<MessageFrame>,
+    bytes: usize,
     /// Publishes with a `client_id`, by sender and id: what they became.
     remembered: HashMap<(UserId, String), Remembered>,
     /// The same keys in the order they expire.
@@ -165,6 +234,14 @@ impl RoomLog {
         }
     }
 
+    /// Drops the oldest message; its cost.
+    fn pop_oldest(&mut self) -> Option<usize> {
+        let m = self.messages.pop_front()?;
+        let cost = frame_cost(&m);
+        self.bytes -= cost;
+        Some(cost)
+    }
+
     /// The stored message at `offset`, if still retained.
     fn at(&self, offset: u64) -> Option<&MessageFrame> {
         let oldest = self.messages.front()?.offset;
@@ -181,6 +258,57 @@ impl MemoryHistory {
                 ..options
             },
             rooms: Sharded::new(16),
+            total_bytes: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            order: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Bytes of messages retained in all rooms.
+    pub fn total_bytes(&self) -> usize {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    fn dropped(&self, messages: usize, bytes: usize) {
+        self.live.fetch_sub(messages, Ordering::Relaxed);
+        self.total_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Drops the oldest messages of all rooms while the total is over its
+    /// bound. Called with no room lock held.
+    fn enforce_total(&self) {
+        while self.total_bytes() > self.options.max_total_bytes {
+            let Some((room, offset)) = self.order.lock().pop_front() else {
+                return;
+            };
+            let mut shard = self.rooms.shard(&room).write();
+            if let Some(log) = shard.get_mut(&room)
+                && log.messages.front().is_some_and(|m| m.offset == offset)
+                && let Some(cost) = log.pop_oldest()
+            {
+                self.dropped(1, cost);
+            }
+        }
+        // Entries of messages their rooms already dropped pile up in
+        // `order`; when they outnumber the live ones, sweep them out. The
+        // queue is taken out first, so no room lock is taken under its lock.
+        let live = self.live.load(Ordering::Relaxed);
+        if self.order.lock().len() > 2 * live + 1024 {
+            let old = std::mem::take(&mut *self.order.lock());
+            let kept: VecDeque<(RoomId, u64)> = old
+                .into_iter()
+                .filter(|(room, offset)| {
+                    let shard = self.rooms.shard(room).read();
+                    shard
+                        .get(room)
+                        .and_then(|l| l.messages.front())
+                        .is_some_and(|m| m.offset <= *offset)
+                })
+                .collect();
+            let mut order = self.order.lock();
+            let newer = std::mem::take(&mut *order);
+            *order = kept;
+            order.extend(newer);
         }
     }
 
@@ -220,10 +348,19 @@ impl MemoryHistory {
             offset: log.last_offset,
             ..draft
         };
-        if log.messages.len() == self.options.max_len {
-            log.messages.pop_front();
-        }
+        let cost = frame_cost(&msg);
         log.messages.push_back(msg.clone());
+        log.bytes += cost;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        self.total_bytes.fetch_add(cost, Ordering::Relaxed);
+        while log.messages.len() > self.options.max_len
+            || (log.bytes > self.options.max_room_bytes && log.messages.len() > 1)
+        {
+            if let Some(c) = log.pop_oldest() {
+                self.dropped(1, c);
+            }
+        }
+        self.order.lock().push_back((room.clone(), msg.offset));
         if let Some((user, client)) = key {
             log.remembered.insert(
                 (user.clone(), client.clone()),
@@ -237,6 +374,8 @@ impl MemoryHistory {
                 .push_back((now + self.options.dedupe_window, user, client));
         }
         then(&msg);
+        drop(shard);
+        self.enforce_total();
         (msg, false)
     }
 }
@@ -257,10 +396,13 @@ impl History for MemoryHistory {
         let empty = RoomLog::default();
         let log = shard.get(room).unwrap_or(&empty);
         let msgs = &log.messages;
-        let (messages, complete): (Vec<_>, bool) = match query.since {
+        let max = query.max_bytes;
+        let (messages, complete, truncated) = match query.since {
             None => {
-                let skip = msgs.len().saturating_sub(limit);
-                (msgs.iter().skip(skip).cloned().collect(), true)
+                // The newest first, then back in order.
+                let (mut m, t) = take_within(msgs.iter().rev(), limit, max);
+                m.reverse();
+                (m, true, t)
             }
             Some(Since::Offset(since)) => {
                 let oldest = msgs.front().map(|m| m.offset);
@@ -270,19 +412,13 @@ impl History for MemoryHistory {
                     Some(o) if since >= o => (since - o + 1) as usize,
                     _ => 0,
                 };
-                (
-                    msgs.iter().skip(start).take(limit).cloned().collect(),
-                    is_complete(since, oldest, log.last_offset),
-                )
+                let (m, t) = take_within(msgs.iter().skip(start), limit, max);
+                (m, is_complete(since, oldest, log.last_offset), t)
             }
-            Some(Since::Time(t)) => (
-                msgs.iter()
-                    .filter(|m| m.timestamp > t)
-                    .take(limit)
-                    .cloned()
-                    .collect(),
-                true,
-            ),
+            Some(Since::Time(t)) => {
+                let (m, tr) = take_within(msgs.iter().filter(|m| m.timestamp > t), limit, max);
+                (m, true, tr)
+            }
         };
         Ok(HistoryPage {
             messages,
@@ -291,6 +427,61 @@ impl History for MemoryHistory {
                 epoch: self.epoch.clone(),
             },
             complete,
+            truncated,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(room: &RoomId, content: &str) -> MessageFrame {
+        MessageFrame {
+            id: "m".into(),
+            user_id: UserId::parse("u").unwrap(),
+            username: "u".into(),
+            content: content.into(),
+            timestamp: Timestamp::now(),
+            room_id: room.clone(),
+            offset: 0,
+            client_id: None,
+        }
+    }
+
+    #[test]
+    fn bytes_are_bounded_per_room_and_in_total_oldest_first() {
+        let h = MemoryHistory::new(HistoryOptions {
+            max_len: 1000,
+            max_room_bytes: 6_000,
+            max_total_bytes: 8_000,
+            dedupe_window: Duration::from_secs(1),
+        });
+        let (a, b) = (RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap());
+        let big = "x".repeat(1000);
+        for _ in 0..10 {
+            h.append(&a, msg(&a, &big), |_| {});
+        }
+        let cost = frame_cost(&msg(&a, &big));
+        assert!(h.total_bytes() <= 6_000, "room a kept to its bound");
+        for _ in 0..5 {
+            h.append(&b, msg(&b, &big), |_| {});
+        }
+        assert!(h.total_bytes() <= 8_000, "{}", h.total_bytes());
+        let kept = |r: &RoomId| {
+            h.rooms
+                .shard(r)
+                .read()
+                .get(r)
+                .map_or(0, |l| l.messages.len())
+        };
+        assert_eq!(kept(&b) * cost + kept(&a) * cost, h.total_bytes());
+        assert_eq!(kept(&b), 5, "the newer room keeps everything");
+        assert!(kept(&a) < 4, "the older room gave way");
+        // Stale entries of messages dropped by the room bound do not pile up.
+        for _ in 0..5000 {
+            h.append(&a, msg(&a, "small"), |_| {});
+        }
+        assert!(h.order.lock().len() <= 2 * h.live.load(Ordering::Relaxed) + 1024 + 1);
     }
 }

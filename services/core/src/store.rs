@@ -79,13 +79,37 @@ pub trait Store: Send + Sync + 'static {
     async fn is_member(&self, room: &RoomId, user: &UserId) -> Result<bool, BackendError>;
 }
 
-/// The in-memory directory of the embedded backend.
+/// The in-memory directory of the embedded backend, holding at most
+/// `max_users` users and `max_rooms` rooms (past either, creating one is
+/// [`BackendError::Full`]).
 ///
 /// One mutex: directory calls are rare next to message traffic, and no
 /// lock is held across an `.await` (every method is synchronous inside).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Directory>,
+    max_users: usize,
+    max_rooms: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(usize::MAX, usize::MAX)
+    }
+}
+
+impl MemoryStore {
+    pub fn new(max_users: usize, max_rooms: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_users,
+            max_rooms,
+        }
+    }
+}
+
+fn full(what: &str, setting: &str) -> BackendError {
+    BackendError::Full(format!("{what} limit reached ({setting})"))
 }
 
 #[derive(Debug, Default)]
@@ -112,15 +136,19 @@ impl Store for MemoryStore {
             username: username.to_owned(),
             created_at: Timestamp::now(),
         };
-        self.inner
-            .lock()
-            .users
-            .insert(user.id.clone(), user.clone());
+        let mut d = self.inner.lock();
+        if d.users.len() >= self.max_users {
+            return Err(full("user", "limits.max_users"));
+        }
+        d.users.insert(user.id.clone(), user.clone());
         Ok(user)
     }
 
     async fn ensure_user(&self, id: &UserId, username: &str) -> Result<User, BackendError> {
         let mut d = self.inner.lock();
+        if d.users.len() >= self.max_users && !d.users.contains_key(id) {
+            return Err(full("user", "limits.max_users"));
+        }
         Ok(d.users
             .entry(id.clone())
             .or_insert_with(|| User {
@@ -148,15 +176,19 @@ impl Store for MemoryStore {
             name: name.to_owned(),
             created_at: Timestamp::now(),
         };
-        self.inner
-            .lock()
-            .rooms
-            .insert(room.id.clone(), room.clone());
+        let mut d = self.inner.lock();
+        if d.rooms.len() >= self.max_rooms {
+            return Err(full("room", "limits.max_rooms"));
+        }
+        d.rooms.insert(room.id.clone(), room.clone());
         Ok(room)
     }
 
     async fn ensure_room(&self, id: &RoomId) -> Result<Room, BackendError> {
         let mut d = self.inner.lock();
+        if d.rooms.len() >= self.max_rooms && !d.rooms.contains_key(id) {
+            return Err(full("room", "limits.max_rooms"));
+        }
         Ok(d.rooms
             .entry(id.clone())
             .or_insert_with(|| Room {

@@ -11,8 +11,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Access;
 use crate::auth::{Authenticator, Origins};
 use crate::config::{ConfigError, Settings};
+use crate::limits::{ConnCounts, KeyedBuckets};
 use crate::metrics::Metrics;
 use crate::telemetry::Telemetry;
 
@@ -84,7 +86,8 @@ impl Deps {
             telemetry,
             hub,
         } = observed_hub(&settings)?;
-        let backend = Backend::memory(hub.clone(), &node_id, settings.history_options());
+        let limits = (settings.limits.max_users, settings.limits.max_rooms);
+        let backend = Backend::memory(hub.clone(), &node_id, settings.history_options(), limits);
         Ok(Deps {
             settings,
             node_id,
@@ -161,7 +164,15 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub telemetry: Arc<Telemetry>,
     pub auth: Authenticator,
+    pub access: Access,
     pub origins: Origins,
+    /// Per-caller limits (see `limits`).
+    pub rest_by_addr: KeyedBuckets<std::net::IpAddr>,
+    pub rest_by_user: KeyedBuckets<roomcast_protocol::UserId>,
+    pub frames_by_user: KeyedBuckets<roomcast_protocol::UserId>,
+    pub conns_by_user: Arc<ConnCounts<roomcast_protocol::UserId>>,
+    pub conns_by_addr: Arc<ConnCounts<std::net::IpAddr>>,
+    pub trusted_proxies: Vec<crate::limits::Proxies>,
     pub ws_config: WebSocketConfig,
     /// Set on shutdown: `/ready` answers 503, new sockets are refused.
     draining: AtomicBool,
@@ -191,9 +202,22 @@ impl App {
             )
             .max_message_size(Some(s.websocket.max_frame_bytes))
             .max_frame_size(Some(s.websocket.max_frame_bytes));
+        let l = &s.limits;
         Ok(Arc::new(App {
             auth: Authenticator::from_settings(s)?,
+            access: Access::from_settings(s),
             origins: Origins::from_settings(s),
+            rest_by_addr: KeyedBuckets::new(l.rest_rate_per_sec, l.rest_burst),
+            rest_by_user: KeyedBuckets::new(l.rest_rate_per_sec, l.rest_burst),
+            frames_by_user: KeyedBuckets::new(l.user_frame_rate_per_sec, l.user_frame_burst),
+            conns_by_user: ConnCounts::new(l.connections_per_user),
+            conns_by_addr: ConnCounts::new(l.connections_per_address),
+            // Validated at load: every entry parses.
+            trusted_proxies: l
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
             ws_config,
             node_id: deps.node_id.as_str().into(),
             settings: deps.settings,
@@ -215,6 +239,15 @@ impl App {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// The client address of a request from `peer`.
+    pub fn client_addr(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &http::HeaderMap,
+    ) -> std::net::IpAddr {
+        crate::limits::client_addr(peer, headers, &self.trusted_proxies)
     }
 
     pub fn next_conn_id(&self) -> u64 {

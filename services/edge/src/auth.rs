@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use roomcast_protocol::rest::validate_name;
 use roomcast_protocol::{RoomId, UserId};
 use serde::Deserialize;
 
@@ -90,11 +91,24 @@ impl Authenticator {
             return Ok(Self { verifier: None });
         };
         let mut v = Validation::new(alg);
-        if s.auth.require_exp == Some(false) {
-            v.set_required_spec_claims(&["sub"]);
-        } else {
-            v.set_required_spec_claims(&["sub", "exp"]);
+        let mut required = vec!["sub"];
+        if s.auth.require_exp != Some(false) {
+            required.push("exp");
         }
+        // `nbf`, when a token has it, is checked; `iss` and `aud` when the
+        // settings name them (then a token must carry them).
+        v.validate_nbf = true;
+        v.validate_aud = false;
+        if let Some(iss) = &s.auth.jwt_issuer {
+            v.set_issuer(&[iss.trim()]);
+            required.push("iss");
+        }
+        if let Some(aud) = &s.auth.jwt_audience {
+            v.set_audience(&[aud.trim()]);
+            v.validate_aud = true;
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
         v.leeway = 5;
         Ok(Self {
             verifier: Some((key, v)),
@@ -125,9 +139,16 @@ impl Authenticator {
             })
             .transpose()
             .map_err(|e| AuthError::Invalid(format!("rooms claim: {e}")))?;
+        // The name is shown to everyone: the same rules as a username.
+        let username = c
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| validate_name("name", &n))
+            .transpose()
+            .map_err(AuthError::Invalid)?;
         Ok(Identity {
             user_id,
-            username: c.name.filter(|n| !n.trim().is_empty()),
+            username,
             rooms,
             expires_at: c.exp,
         })
@@ -155,31 +176,68 @@ pub fn find_token<'a>(query_token: Option<&'a str>, headers: &'a HeaderMap) -> O
         .find_map(|kv| kv.trim().strip_prefix("token="))
 }
 
-/// The `Origin` allow-list.
+/// Which page origins may open sockets and make credentialed CORS calls.
 #[derive(Debug, Clone)]
-pub struct Origins {
-    allowed: Vec<String>,
+pub enum Origins {
+    /// `FRONTEND_URL`: exactly these.
+    List(Vec<String>),
+    /// Any origin (development, or `auth.allow_any_origin`).
+    Any,
+    /// Production without `FRONTEND_URL`: only pages served by this node's
+    /// own host (the `Origin` matches the `Host`).
+    SameOrigin,
 }
 
 impl Origins {
     pub fn from_settings(s: &Settings) -> Self {
-        Self {
-            allowed: s.allowed_origins(),
+        let allowed = s.allowed_origins();
+        if !allowed.is_empty() {
+            Origins::List(allowed)
+        } else if s.is_production() && !s.auth.allow_any_origin {
+            Origins::SameOrigin
+        } else {
+            Origins::Any
         }
     }
 
-    /// Whether any origin is allowed (no `FRONTEND_URL`).
+    /// Whether any origin is allowed.
     pub fn is_open(&self) -> bool {
-        self.allowed.is_empty()
+        matches!(self, Origins::Any)
     }
 
-    /// Whether a request with this `Origin` header may proceed. A request
-    /// without `Origin` is not from a browser page (curl, a backend), which a
-    /// cross-site check cannot and need not stop.
-    pub fn allows(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(o) => self.is_open() || self.allowed.iter().any(|a| a == o.trim_end_matches('/')),
+    /// Whether a request with this `Origin` (to this `Host`) may proceed. A
+    /// request without `Origin` is not from a browser page (curl, a backend),
+    /// which a cross-site check cannot and need not stop.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let origin = origin.trim_end_matches('/');
+        match self {
+            Origins::Any => true,
+            Origins::List(allowed) => allowed.iter().any(|a| a == origin),
+            Origins::SameOrigin => {
+                let authority = origin.split_once("://").map(|(_, a)| a);
+                authority.is_some() && authority == host.map(str::trim)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_means_the_origin_names_this_host() {
+        let o = Origins::SameOrigin;
+        assert!(o.allows(Some("https://chat.example.com"), Some("chat.example.com")));
+        assert!(
+            o.allows(None, Some("chat.example.com")),
+            "no Origin: not a page"
+        );
+        assert!(!o.allows(Some("https://evil.example"), Some("chat.example.com")));
+        assert!(!o.allows(Some("null"), Some("chat.example.com")));
+        let list = Origins::List(vec!["https://app.example".into()]);
+        assert!(list.allows(Some("https://app.example/"), Some("api.example")));
+        assert!(!list.allows(Some("https://other.example"), Some("api.example")));
     }
 }

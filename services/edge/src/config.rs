@@ -38,6 +38,7 @@ pub struct Settings {
     pub history: HistorySettings,
     pub redis: RedisSettings,
     pub presence: PresenceSettings,
+    pub limits: LimitSettings,
     pub log: LogSettings,
 }
 
@@ -104,16 +105,75 @@ pub struct RoomSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// HS256 secret; a token is then required.
+    /// HS256 secret (at least 32 bytes); a token is then required.
     pub jwt_secret: Option<String>,
     /// RS256 public key (PEM file); a token is then required.
     pub jwt_public_key_file: Option<PathBuf>,
     /// Tokens must carry `exp` (recommended; off only for legacy issuers).
     pub require_exp: Option<bool>,
-    /// Bearer key for `POST /rooms/{id}/messages`; unset: that call is off.
-    pub publish_api_key: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// The application backend's key (`Authorization: Bearer <key>`, at
+    /// least 16 bytes): server publish, and with auth on, the routes only the
+    /// backend may call. Also read as `PUBLISH_API_KEY` / `publish_api_key`.
+    #[serde(alias = "publish_api_key")]
+    pub server_api_key: Option<String>,
     /// Allowed origins, comma-separated (CORS and the WebSocket Origin check).
     pub frontend_url: Option<String>,
+    /// Production without a JWT key refuses to start unless this is true.
+    pub allow_unauthenticated: Option<bool>,
+    /// Production without `frontend_url` accepts only same-origin pages
+    /// (sockets and credentialed CORS) unless this is true.
+    pub allow_any_origin: bool,
+    /// With auth on: a user may create rooms over REST.
+    pub users_create_rooms: bool,
+    /// With auth on: a user may join rooms (its token allows) over REST, for
+    /// itself only.
+    pub users_join_rooms: bool,
+}
+
+/// What one caller may use of a node. Each is per node (a caller spread over
+/// several nodes gets each node's share).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// WebSocket connections one user may hold on this node (past it: 1008).
+    pub connections_per_user: usize,
+    /// WebSocket connections from one client address (past it: HTTP 429).
+    pub connections_per_address: usize,
+    /// REST requests per second per client address, and per user (token).
+    pub rest_rate_per_sec: f64,
+    pub rest_burst: f64,
+    /// Frames per second one user may send across all its sockets on this
+    /// node (each socket also has `websocket.rate_per_sec`).
+    pub user_frame_rate_per_sec: f64,
+    pub user_frame_burst: f64,
+    /// Proxies (IP addresses or networks like `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client; from anyone else the socket's
+    /// address is the client's. Behind a load balancer, name it here, or every
+    /// client counts as the balancer's address.
+    pub trusted_proxies: Vec<String>,
+    /// Users and rooms the embedded backend keeps (past it: 507).
+    pub max_users: usize,
+    pub max_rooms: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            connections_per_user: 50,
+            connections_per_address: 5000,
+            rest_rate_per_sec: 100.0,
+            rest_burst: 200.0,
+            user_frame_rate_per_sec: 40.0,
+            user_frame_burst: 80.0,
+            trusted_proxies: Vec::new(),
+            max_users: 1_000_000,
+            max_rooms: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +181,13 @@ pub struct AuthSettings {
 pub struct HistorySettings {
     /// Messages kept per room.
     pub max_len: usize,
+    /// Bytes one history response (and one replay page) carries at most; a
+    /// page that would be larger ends early and says where to continue.
+    pub max_page_bytes: usize,
+    /// Embedded backend: bytes of messages kept per room, and in all rooms
+    /// (past either, the oldest messages go first).
+    pub max_room_bytes: usize,
+    pub max_total_bytes: usize,
     /// How long a publish is remembered by (room, sender, `client_id`): a
     /// retry within it returns the first result and stores nothing.
     pub dedupe_window_secs: u64,
@@ -184,6 +251,9 @@ impl Default for HistorySettings {
     fn default() -> Self {
         Self {
             max_len: 1000,
+            max_page_bytes: 1024 * 1024,
+            max_room_bytes: 64 * 1024 * 1024,
+            max_total_bytes: 512 * 1024 * 1024,
             dedupe_window_secs: 300,
         }
     }
@@ -241,13 +311,19 @@ const FLAT: &[(&str, &str, Kind)] = &[
     ("NODE_ID", "server.node_id", Kind::Text),
     ("ENVIRONMENT", "server.environment", Kind::Text),
     ("FRONTEND_URL", "auth.frontend_url", Kind::Text),
-    ("JWT_SECRET", "auth.jwt_secret", Kind::Text),
+    ("JWT_SECRET", "auth.jwt_secret", Kind::Secret),
     (
         "JWT_PUBLIC_KEY_FILE",
         "auth.jwt_public_key_file",
         Kind::Text,
     ),
-    ("PUBLISH_API_KEY", "auth.publish_api_key", Kind::Text),
+    ("SERVER_API_KEY", "auth.server_api_key", Kind::Secret),
+    ("PUBLISH_API_KEY", "auth.server_api_key", Kind::Secret),
+    (
+        "ALLOW_UNAUTHENTICATED",
+        "auth.allow_unauthenticated",
+        Kind::Bool,
+    ),
     ("REDIS_URL", "redis.url", Kind::Text),
     (
         "ALLOW_WEBSOCKET_AUTO_ROOMS",
@@ -284,6 +360,9 @@ enum Kind {
     Text,
     /// A whole number above 0.
     Count,
+    /// A secret: set to an empty value it is an error, not "unset" (an empty
+    /// `JWT_SECRET` must not quietly turn auth off).
+    Secret,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
@@ -318,7 +397,9 @@ impl Settings {
             Environment::with_prefix("ROOMCAST")
                 .separator("__")
                 .source(Some(prefixed))
-                .try_parsing(true),
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("limits.trusted_proxies"),
         );
         for (flat, key, kind) in FLAT {
             let Some((_, v)) = env.iter().find(|(k, _)| k == flat) else {
@@ -345,7 +426,7 @@ impl Settings {
                     b.set_override(*key, i64::from(n))
                 }
                 Kind::Text if v.trim().is_empty() => continue,
-                Kind::Text => b.set_override(*key, v.trim().to_owned()),
+                Kind::Text | Kind::Secret => b.set_override(*key, v.trim().to_owned()),
             }
             .map_err(|e| bad(flat, e.to_string()))?;
         }
@@ -391,6 +472,8 @@ impl Settings {
     pub fn history_options(&self) -> roomcast_core::history::HistoryOptions {
         roomcast_core::history::HistoryOptions {
             max_len: self.history.max_len,
+            max_room_bytes: self.history.max_room_bytes,
+            max_total_bytes: self.history.max_total_bytes,
             dedupe_window: Duration::from_secs(self.history.dedupe_window_secs),
         }
     }
@@ -422,7 +505,7 @@ impl Settings {
             }
         };
         mask(&mut s.auth.jwt_secret);
-        mask(&mut s.auth.publish_api_key);
+        mask(&mut s.auth.server_api_key);
         if let Some(url) = &mut s.redis.url {
             *url = mask_url_password(url);
         }

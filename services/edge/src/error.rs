@@ -27,8 +27,18 @@ pub enum ApiError {
     /// JSON of the wrong shape, or values out of range.
     #[error("{0}")]
     Unprocessable(String),
+    /// No credentials, or credentials that do not verify.
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
+    /// Valid credentials that do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit; retry after the given seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
+    /// A bounded store is full (the embedded backend's user or room limit).
+    #[error("{0}")]
+    Full(String),
     #[error("{0}")]
     Unavailable(String),
     /// The backend did not answer in time: the write may have happened.
@@ -41,6 +51,9 @@ pub enum ApiError {
 
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
+        if let BackendError::Full(what) = &e {
+            return ApiError::Full(what.clone());
+        }
         tracing::warn!(error = %e, "backend call failed");
         if e.may_have_happened() {
             ApiError::OutcomeUnknown(
@@ -59,6 +72,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
@@ -76,6 +92,10 @@ impl IntoResponse for ApiError {
                 http::HeaderValue::from_static("Bearer"),
             );
         }
+        if let ApiError::TooManyRequests(_, secs) = &self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(*secs));
+        }
         resp
     }
 }
@@ -90,6 +110,9 @@ pub enum Refusal {
     Unauthorized(#[from] AuthError),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The user holds `limits.connections_per_user` sockets on this node.
+    #[error("too many connections for this user; close one first")]
+    TooManyConnections,
 }
 
 impl Refusal {
@@ -98,6 +121,7 @@ impl Refusal {
             Refusal::NotFound(_) => CloseCode::NotFound,
             Refusal::Unauthorized(_) => CloseCode::Unauthorized,
             Refusal::Forbidden(_) => CloseCode::Forbidden,
+            Refusal::TooManyConnections => CloseCode::Policy,
         }
     }
 
@@ -107,6 +131,7 @@ impl Refusal {
             Refusal::NotFound(_) => "not_found",
             Refusal::Unauthorized(_) => "auth",
             Refusal::Forbidden(_) => "forbidden",
+            Refusal::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -263,11 +288,13 @@ impl From<BackendError> for End {
 impl Refusal {
     /// Every `reason` label a refused handshake is counted under, after the
     /// upgrade (these) or before it (capacity, draining, backend).
-    pub const LABELS: [&'static str; 6] = [
+    pub const LABELS: [&'static str; 8] = [
         "not_found",
         "auth",
         "forbidden",
+        "too_many_connections",
         "capacity",
+        "address_limit",
         "draining",
         "backend",
     ];

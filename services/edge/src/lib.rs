@@ -6,18 +6,24 @@
 //!
 //! - [`config`]: layered settings and their validation.
 //! - [`app`]: the node's shared state.
-//! - [`rest`]: the REST routes and CORS.
+//! - [`rest`]: the REST routes; [`gate`]: what every request passes first
+//!   (CORS, the caller, its rate limits, the access table).
 //! - [`ws`]: the WebSocket handshake and the per-connection task.
+//! - [`access`]: the access table (who may call which route).
+//! - [`limits`]: per-caller limits (rates, connection counts, client address).
 //! - [`auth`]: JWT and origin checks.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: OpenTelemetry traces (OTLP/HTTP), off unless configured.
 //! - [`error`]: refusals and their mapping to statuses and close codes.
 //! - [`server`]: the accept loop and the drain.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gate;
+pub mod limits;
 pub mod metrics;
 pub mod rest;
 pub mod server;

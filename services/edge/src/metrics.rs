@@ -69,6 +69,7 @@ pub struct Metrics {
     pub online_users: IntGauge,
     pub recoveries: IntCounterVec,
     pub handshakes_refused: IntCounterVec,
+    pub requests_refused: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -175,6 +176,11 @@ impl Metrics {
                 "WebSocket handshakes refused before the upgrade, by reason.",
                 "reason",
             ),
+            requests_refused: counter_vec(
+                "roomcast_requests_refused_total",
+                "REST requests refused before their handler, by reason (unauthorized, forbidden, rate_limited, cross_site).",
+                "reason",
+            ),
             registry: r,
         };
         m.broker_up.set(1);
@@ -184,6 +190,7 @@ impl Metrics {
             (&m.messages_dropped, &DROPPED_REASONS[..]),
             (&m.recoveries, &RECOVERY_OUTCOMES[..]),
             (&m.handshakes_refused, &Refusal::LABELS[..]),
+            (&m.requests_refused, &crate::gate::REFUSED_REASONS[..]),
         ] {
             for label in labels {
                 vec.with_label_values(&[label]);

@@ -1,6 +1,8 @@
 //! The REST API: users, rooms, joins, history, presence, server-side
 //! publish, health, readiness and metrics. Shapes are the contract's
-//! (`roomcast_protocol::rest`); errors are `{"detail": ...}`.
+//! (`roomcast_protocol::rest`); errors are `{"detail": ...}`. Who may call
+//! what is decided before a handler runs (`gate`, `access`); a handler only
+//! applies what depends on the body (a user joins only as itself).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,11 +10,11 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{Extension, Path, Query, State};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use roomcast_core::broker::MessageDraft;
 use roomcast_core::history::{HistoryQuery, Since};
 use roomcast_protocol::rest::{
@@ -22,9 +24,10 @@ use roomcast_protocol::{MessageFrame, RoomId, UserId};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::Caller;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::ws;
+use crate::{gate, ws};
 
 /// Every route of the node.
 pub fn router(app: Arc<App>) -> Router {
@@ -45,9 +48,17 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws/{room_id}/{user_id}", get(ws::handshake::by_path))
         .route("/api/v1/chats/{room_id}/ws", get(ws::handshake::by_token))
         .fallback(|| async { ApiError::NotFound("Not Found") })
-        .layer(middleware::from_fn_with_state(app.clone(), cors))
+        // Outermost first: CORS, then the caller, its limits and the access
+        // table, then the handler (see `gate`).
+        .layer(middleware::from_fn_with_state(app.clone(), gate::admit))
+        .layer(middleware::from_fn_with_state(app.clone(), gate::cors))
         .with_state(app)
 }
+
+/// Headers of a history page that a page script may read (exposed to
+/// allowed origins): `X-Roomcast-Truncated: 1` when the byte bound ended the
+/// page early, and with `since`, `X-Roomcast-Next-Since: <offset>` to read on.
+pub const PAGE_HEADERS: &str = "x-roomcast-truncated, x-roomcast-next-since";
 
 /// Only `/metrics`, for `METRICS_PORT`.
 pub fn metrics_router(app: Arc<App>) -> Router {
@@ -55,55 +66,6 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("Not Found") })
         .with_state(app)
-}
-
-/// CORS for the allowed origins (`FRONTEND_URL`), credentials allowed. With
-/// no list, any origin is mirrored (development). A disallowed origin gets
-/// no CORS headers, so the browser withholds the response from the page.
-async fn cors(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin
-        .as_ref()
-        .and_then(|o| o.to_str().ok())
-        .is_some_and(|o| app.origins.allows(Some(o)));
-    let preflight = req.method() == Method::OPTIONS
-        && req
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let request_headers = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned();
-    let mut resp = if preflight {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(req).await
-    };
-    let h = resp.headers_mut();
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let (Some(origin), true) = (origin, allowed) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-        if preflight {
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                request_headers
-                    .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type")),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-        }
-    }
-    resp
 }
 
 /// Reads a JSON body: not JSON at all is 400, the wrong shape 422.
@@ -180,10 +142,17 @@ async fn get_room(
 
 async fn join_room(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: roomcast_protocol::rest::JoinRoom = json_body(&body)?;
+    app.access.may_act_as(&caller, &req.user_id)?;
+    // A token's name wins over the body's.
+    let token_name = match &caller {
+        Caller::User(id) => id.username.clone(),
+        _ => None,
+    };
     let store = &app.backend.store;
     let room = room_id(&id)?;
     if store.get_room(&room).await?.is_none() {
@@ -196,9 +165,10 @@ async fn join_room(
         if !app.settings.join_auto_users() {
             return Err(ApiError::NotFound("User not found"));
         }
-        let username = match &req.username {
-            Some(u) => name("username", u)?,
-            None => req.user_id.to_string(),
+        let username = match (token_name, &req.username) {
+            (Some(t), _) => t,
+            (None, Some(u)) => name("username", u)?,
+            (None, None) => req.user_id.to_string(),
         };
         store.ensure_user(&req.user_id, &username).await?;
     }
@@ -238,11 +208,12 @@ async fn history(
         None | Some("") => None,
         Some(s) => Some(Since::parse(s).map_err(ApiError::Unprocessable)?),
     };
-    let page = app
-        .backend
-        .history
-        .read(&room, HistoryQuery { since, limit })
-        .await?;
+    let query = HistoryQuery {
+        since,
+        limit,
+        max_bytes: app.settings.history.max_page_bytes,
+    };
+    let page = app.backend.history.read(&room, query).await?;
     // The frames are already JSON text: join them into an array instead of
     // parsing each one back only to serialize it again.
     let mut body = String::from("[");
@@ -253,7 +224,20 @@ async fn history(
         body.push_str(&m.to_frame_json());
     }
     body.push(']');
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if page.truncated {
+        let h = resp.headers_mut();
+        h.insert("x-roomcast-truncated", http::HeaderValue::from_static("1"));
+        if since.is_some()
+            && let Some(last) = page.messages.last()
+        {
+            h.insert(
+                "x-roomcast-next-since",
+                http::HeaderValue::from(last.offset),
+            );
+        }
+    }
+    Ok(resp)
 }
 
 async fn presence(
@@ -269,31 +253,13 @@ async fn presence(
     .into_response())
 }
 
-/// Compares without an early exit, so response timing says nothing about
-/// how much of a guessed key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn publish(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(key) = app.settings.auth.publish_api_key.as_deref() else {
-        return Err(ApiError::Unauthorized(
-            "server-side publishing is disabled: PUBLISH_API_KEY is not set",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
-        return Err(ApiError::Unauthorized("missing or wrong publish API key"));
-    }
+    // Only the server key reaches here (the access table).
     let room = existing_room(&app, &id).await?;
     let req: PublishMessage = json_body(&body)?;
     if req.content.trim().is_empty() {

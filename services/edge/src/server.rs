@@ -14,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::app::{App, Deps};
 use crate::config::ConfigError;
@@ -27,7 +28,14 @@ pub async fn run(
 ) -> Result<(), ConfigError> {
     let app = App::new(deps, shutdown.clone())?;
     if app.settings.is_production() && app.origins.is_open() {
-        tracing::warn!("FRONTEND_URL is not set: any origin may open sockets and call the API");
+        tracing::warn!(
+            "auth.allow_any_origin is on: any origin may open sockets and call the API with credentials"
+        );
+    }
+    if !app.auth.enabled() {
+        tracing::warn!(
+            "AUTH IS OFF: no JWT_SECRET or JWT_PUBLIC_KEY_FILE, so anyone may connect as any user and call every route (fine for development; production refuses this unless ALLOW_UNAUTHENTICATED=true)"
+        );
     }
     tracing::info!(
         node = %app.node_id,
@@ -67,7 +75,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off
@@ -78,8 +86,13 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Every request learns its TCP peer (for per-address limits).
+                let service = router.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(crate::limits::Peer(peer));
+                    req
+                });
                 let conn = http
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .with_upgrades();
                 let shutdown = shutdown.clone();
                 http_conns.spawn(async move {

@@ -45,10 +45,15 @@ return {0, offset, epoch}
     )
 });
 
-/// Reads history and the position in one atomic step.
-/// KEYS: seq, log, epoch. ARGV: epoch candidate, mode (`after`|`latest`),
-/// first offset wanted (for `after`), count.
-/// Returns `{epoch, latest offset, oldest retained offset (0: none), {frames...}, {offsets...}}`.
+/// Reads one chunk of history and the position in one atomic step.
+/// KEYS: seq, log, epoch. ARGV: epoch candidate, mode (`after`: from offset
+/// ARGV[3] up; `before`: down from below offset ARGV[3], 0 meaning the
+/// newest), ARGV[3], count, max bytes (the frames returned stop before the
+/// one that would pass it, but the first is always returned).
+/// Returns `{epoch, latest offset, oldest retained offset (0: none),
+/// {frames...}, {offsets...}, truncated (0/1)}`; `before` frames come newest
+/// first. Callers read in chunks of a few dozen entries, so no one call
+/// holds Redis long or builds a large reply.
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -59,18 +64,29 @@ local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 local oldest = 0
 if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
 local entries
-if ARGV[2] == 'latest' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+if ARGV[2] == 'before' then
+  local top = '+'
+  if ARGV[3] ~= '0' then top = '(' .. ARGV[3] .. '-0' end
+  entries = redis.call('XREVRANGE', KEYS[2], top, '-', 'COUNT', ARGV[4])
 else
   entries = redis.call('XRANGE', KEYS[2], ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
 end
+local max = tonumber(ARGV[5])
 local frames = {}
 local offsets = {}
+local bytes = 0
+local truncated = 0
 for i, e in ipairs(entries) do
-  frames[i] = e[2][2]
+  local f = e[2][2]
+  bytes = bytes + #f
+  if bytes > max and i > 1 then
+    truncated = 1
+    break
+  end
+  frames[i] = f
   offsets[i] = tonumber(string.match(e[1], '^(%d+)'))
 end
-return {epoch, seq, oldest, frames, offsets}
+return {epoch, seq, oldest, frames, offsets, truncated}
 ",
     )
 });

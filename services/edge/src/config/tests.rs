@@ -44,6 +44,7 @@ fn layers_override_in_order() {
             ("ROOMCAST__SERVER__PORT", "9100"),
             ("PORT", "9200"),
             ("ENVIRONMENT", "production"),
+            ("ALLOW_UNAUTHENTICATED", "true"),
         ]),
     )
     .unwrap();
@@ -53,6 +54,7 @@ fn layers_override_in_order() {
         None,
         &env(&[
             ("ENVIRONMENT", "production"),
+            ("ALLOW_UNAUTHENTICATED", "true"),
             ("ALLOW_JOIN_AUTO_USERS", "false"),
         ]),
     )
@@ -94,13 +96,43 @@ fn printing_masks_secrets() {
     let s = Settings::load(
         None,
         &env(&[
-            ("JWT_SECRET", "hunter2"),
-            ("PUBLISH_API_KEY", "pk"),
+            ("JWT_SECRET", "hunter2-hunter2-hunter2-hunter2-"),
+            ("PUBLISH_API_KEY", "pk-pk-pk-pk-pk-pk"),
             ("REDIS_URL", "redis://u:pw@h:6379/0"),
         ]),
     )
     .unwrap();
     let out = s.to_masked_toml();
-    assert!(!out.contains("hunter2") && !out.contains("\"pk\"") && !out.contains("pw@"));
+    assert!(!out.contains("hunter2") && !out.contains("pk-pk") && !out.contains("pw@"));
     assert!(out.contains("redis://u:********@h:6379/0"));
+}
+
+#[test]
+fn secrets_fail_closed() {
+    let err = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap_err().to_string();
+    // Empty is not "unset": an empty JWT_SECRET must not turn auth off.
+    assert!(err(&[("JWT_SECRET", "")]).contains("JWT_SECRET"));
+    assert!(err(&[("JWT_SECRET", "short")]).contains("JWT_SECRET"));
+    assert!(err(&[("ROOMCAST__AUTH__JWT_SECRET", "")]).contains("JWT_SECRET"));
+    assert!(err(&[("PUBLISH_API_KEY", "")]).contains("PUBLISH_API_KEY"));
+    assert!(err(&[("SERVER_API_KEY", "tiny")]).contains("SERVER_API_KEY"));
+    assert!(err(&[("ROOMCAST__AUTH__PUBLISH_API_KEY", "tiny")]).contains("server_api_key"));
+    assert!(err(&[("ENVIRONMENT", "production")]).contains("ALLOW_UNAUTHENTICATED"));
+    let ok = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap();
+    let long = "0123456789abcdef0123456789abcdef";
+    assert!(
+        ok(&[("ENVIRONMENT", "production"), ("JWT_SECRET", long)])
+            .auth
+            .jwt_secret
+            .is_some()
+    );
+    ok(&[
+        ("ENVIRONMENT", "production"),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+    ]);
+    let s = ok(&[("PUBLISH_API_KEY", "0123456789abcdef")]);
+    assert_eq!(s.auth.server_api_key.as_deref(), Some("0123456789abcdef"));
+    let s = ok(&[("ROOMCAST__LIMITS__TRUSTED_PROXIES", "10.0.0.1,10.0.0.2")]);
+    assert_eq!(s.limits.trusted_proxies, ["10.0.0.1", "10.0.0.2"]);
+    assert!(err(&[("ROOMCAST__LIMITS__TRUSTED_PROXIES", "nope")]).contains("trusted_proxies"));
 }

@@ -50,6 +50,12 @@ impl Settings {
                 u64::from(self.websocket.flood_close_after),
             ),
             ("history.max_len", self.history.max_len as u64),
+            ("history.max_page_bytes", self.history.max_page_bytes as u64),
+            ("history.max_room_bytes", self.history.max_room_bytes as u64),
+            (
+                "history.max_total_bytes",
+                self.history.max_total_bytes as u64,
+            ),
             (
                 "history.dedupe_window_secs",
                 self.history.dedupe_window_secs,
@@ -109,6 +115,8 @@ impl Settings {
                 format!("expected text or json, got {:?}", self.log.format),
             ));
         }
+        self.validate_auth()?;
+        self.validate_limits()?;
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
             return Err(bad(
                 "JWT_SECRET / JWT_PUBLIC_KEY_FILE",
@@ -128,6 +136,97 @@ impl Settings {
                 return Err(bad(
                     "FRONTEND_URL (auth.frontend_url)",
                     format!("expected comma-separated http(s) origins, got {origin:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shortest HS256 secret accepted: as long as the hash (RFC 7518 3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// The shortest server API key accepted.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
+impl Settings {
+    /// Fails closed: a secret too short to be one, or production with
+    /// nobody checking who connects, stops start-up.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if let Some(secret) = &a.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(bad(
+                "JWT_SECRET (auth.jwt_secret)",
+                format!(
+                    "is {} bytes; at least {MIN_JWT_SECRET_BYTES} are needed (e.g. openssl rand -hex 32)",
+                    secret.len()
+                ),
+            ));
+        }
+        if let Some(key) = &a.server_api_key
+            && key.trim().len() < MIN_API_KEY_BYTES
+        {
+            return Err(bad(
+                "SERVER_API_KEY / PUBLISH_API_KEY (auth.server_api_key)",
+                format!(
+                    "is {} bytes; at least {MIN_API_KEY_BYTES} are needed (e.g. openssl rand -hex 24)",
+                    key.trim().len()
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("auth.jwt_issuer", &a.jwt_issuer),
+            ("auth.jwt_audience", &a.jwt_audience),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(bad(name, "must not be empty (leave it unset to not check)"));
+            }
+        }
+        let auth_on = a.jwt_secret.is_some() || a.jwt_public_key_file.is_some();
+        if self.is_production() && !auth_on && a.allow_unauthenticated != Some(true) {
+            return Err(bad(
+                "JWT_SECRET / JWT_PUBLIC_KEY_FILE (auth)",
+                "production needs auth: set JWT_SECRET or JWT_PUBLIC_KEY_FILE, or ALLOW_UNAUTHENTICATED=true \
+                 (auth.allow_unauthenticated) to run without it on purpose",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.connections_per_user", l.connections_per_user),
+            ("limits.connections_per_address", l.connections_per_address),
+            ("limits.max_users", l.max_users),
+            ("limits.max_rooms", l.max_rooms),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "expected a number greater than 0"));
+            }
+        }
+        for (name, v) in [
+            ("limits.rest_rate_per_sec", l.rest_rate_per_sec),
+            ("limits.user_frame_rate_per_sec", l.user_frame_rate_per_sec),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(bad(name, "expected a number above 0"));
+            }
+        }
+        for (name, v) in [
+            ("limits.rest_burst", l.rest_burst),
+            ("limits.user_frame_burst", l.user_frame_burst),
+        ] {
+            if !(v >= 1.0 && v.is_finite()) {
+                return Err(bad(name, "expected a number of at least 1"));
+            }
+        }
+        for p in &l.trusted_proxies {
+            if p.parse::<crate::limits::Proxies>().is_err() {
+                return Err(bad(
+                    "limits.trusted_proxies",
+                    format!("expected IP addresses or networks (10.0.0.0/8), got {p:?}"),
                 ));
             }
         }

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::app::{App, SlotGuard};
 use crate::error::{End, FrameRefusal};
+use crate::limits::Counted;
 use crate::telemetry::ActiveSpan;
 use crate::ws::close::close;
 use crate::ws::rate::RateLimiter;
@@ -51,6 +52,12 @@ pub struct Admission {
     /// When the connection's token expires (seconds since the epoch). After
     /// that the connection may still receive, but not send.
     pub token_expires_at: Option<u64>,
+    /// This connection's place in the per-user and per-address counts,
+    /// held for its life.
+    pub seats: (
+        Option<Counted<roomcast_protocol::UserId>>,
+        Option<Counted<std::net::IpAddr>>,
+    ),
 }
 
 /// Runs an admitted connection to its end.
@@ -163,14 +170,13 @@ impl Conn {
             joined.into(),
         );
         let recover = recovery(&app, &room, self.admission.since.as_deref());
-        let (joined, recovered) = tokio::join!(join, recover);
+        let (joined, start) = tokio::join!(join, recover);
         // Joined even if the recovery read failed: `finish` must then leave.
         self.in_presence = joined.is_ok();
         let (_, users) = joined?;
-        let (position, recovered, replay) = recovered?;
-        self.seen_offset = replay
-            .last()
-            .map_or(position.offset, |m| m.offset.max(position.offset));
+        let start = start?;
+        let (position, recovered) = (start.position, start.recovered);
+        self.seen_offset = position.offset;
         let connected = ServerFrame::Connected(ConnectedFrame {
             room_id: room.clone(),
             user_id: self.admission.user.user_id.clone(),
@@ -189,8 +195,16 @@ impl Conn {
             .to_json(),
         )
         .await?;
-        for m in &replay {
-            self.feed(m.to_frame_json()).await?;
+        // The replay, a bounded page at a time; live messages meanwhile wait
+        // in the outbox and those the replay already sent are skipped.
+        let (mut page, mut rest) = (start.first, start.rest);
+        while !page.is_empty() {
+            for m in &page {
+                self.seen_offset = self.seen_offset.max(m.offset);
+                self.feed(m.to_frame_json()).await?;
+            }
+            self.flush().await?;
+            page = rest.next(&app, &room).await?;
         }
         self.flush().await?;
         if recovered == Some(false)

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::app::App;
 use crate::auth::{AuthError, find_token};
 use crate::error::{ApiError, Refusal};
+use crate::limits::Peer;
 use crate::ws::close;
 use crate::ws::conn::{self, Admission};
 
@@ -114,6 +115,29 @@ async fn handshake(
     if app.is_draining() {
         return unavailable(&app, "draining", "node is draining, connect to another");
     }
+    // Per client address, before any work: a caller opening sockets in a
+    // loop is stopped here (HTTP 429), whoever it claims to be.
+    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    let addr_seat = match peer {
+        Some(peer) => {
+            let addr = app.client_addr(peer, req.headers());
+            match app.conns_by_addr.enter(addr) {
+                Some(seat) => Some(seat),
+                None => {
+                    app.metrics
+                        .handshakes_refused
+                        .with_label_values(&["address_limit"])
+                        .inc();
+                    return ApiError::TooManyRequests(
+                        "too many connections from this address".into(),
+                        1,
+                    )
+                    .into_response();
+                }
+            }
+        }
+        None => None,
+    };
     let Some(slot) = app.reserve_slot() else {
         return unavailable(&app, "capacity", "node at connection capacity");
     };
@@ -140,8 +164,16 @@ async fn handshake(
         )
         .await;
         match verdict {
-            Ok(admission) => conn::run(task_app, ws, admission, slot).await,
-            Err(refusal) => close::refuse(task_app, ws, refusal).await,
+            Ok(mut admission) => {
+                admission.seats.1 = addr_seat;
+                conn::run(task_app, ws, admission, slot).await
+            }
+            Err(refusal) => {
+                // A refused socket gives its slots back now, not after the
+                // close handshake (which may wait on the client).
+                drop((slot, addr_seat));
+                close::refuse(task_app, ws, refusal).await
+            }
         }
     });
     Response::builder()
@@ -163,7 +195,8 @@ async fn admit(
     headers: &HeaderMap,
 ) -> Result<Result<Admission, Refusal>, roomcast_core::BackendError> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !app.origins.allows(origin) {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !app.origins.allows(origin, host) {
         return Ok(Err(Refusal::Forbidden("origin not allowed")));
     }
     let identity = if app.auth.enabled() {
@@ -196,11 +229,17 @@ async fn admit(
     if identity.as_ref().is_some_and(|id| !id.may_join(&room_id)) {
         return Ok(Err(Refusal::Forbidden("room not allowed by the token")));
     }
+    // With a token, the token says who this is: `?username=` counts only
+    // without auth.
     let query_name = q
         .username
         .as_deref()
+        .filter(|_| identity.is_none())
         .and_then(|n| validate_name("username", n).ok());
     let token_name = identity.as_ref().and_then(|id| id.username.clone());
+    let Some(user_seat) = app.conns_by_user.enter(user_id.clone()) else {
+        return Ok(Err(Refusal::TooManyConnections));
+    };
     // A valid token vouches for its subject: the issuer's users need not be
     // created here first.
     let policy = AdmitPolicy {
@@ -225,5 +264,6 @@ async fn admit(
         },
         since: q.since.clone().filter(|s| !s.is_empty()),
         token_expires_at: identity.and_then(|id| id.expires_at),
+        seats: (Some(user_seat), None),
     }))
 }

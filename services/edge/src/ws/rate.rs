@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::limits::Bucket;
+
 /// Frames refused within this window that count toward closing a flooder.
 const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
@@ -11,8 +13,7 @@ const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: Bucket,
     refused_in_window: u32,
     window_start: Instant,
     close_after: u32,
@@ -33,8 +34,7 @@ impl RateLimiter {
         Self {
             rate,
             burst,
-            tokens: burst,
-            last: now,
+            bucket: Bucket::full(burst, now),
             refused_in_window: 0,
             window_start: now,
             close_after,
@@ -42,13 +42,15 @@ impl RateLimiter {
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(self.rate, self.burst, now) {
             return Verdict::Accept;
         }
+        self.refuse(now)
+    }
+
+    /// Counts a frame refused by this limit or another (the user's): a
+    /// flooder is cut off either way.
+    pub fn refuse(&mut self, now: Instant) -> Verdict {
         if now.saturating_duration_since(self.window_start) > FLOOD_WINDOW {
             self.window_start = now;
             self.refused_in_window = 0;

@@ -1,4 +1,5 @@
-//! Frames from the client: rate limiting, parsing, and what each one does
+//! Frames from the client: rate limiting (per socket and per user),
+//! parsing, and what each one does
 //! (publish and ack, typing, ping). Anything refused becomes a
 //! [`FrameRefusal`], which the error module turns into an `error` frame
 //! carrying the refused frame's `client_id`. The connection lives on after
@@ -24,7 +25,20 @@ impl Conn {
             // Pings are answered by tungstenite; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
-        match self.rate.check(Instant::now()) {
+        let now = Instant::now();
+        // The socket's own rate, then its user's across all its sockets on
+        // this node (ten sockets do not make ten times the rate).
+        let mut verdict = self.rate.check(now);
+        if verdict == Verdict::Accept
+            && self
+                .app
+                .frames_by_user
+                .take(&self.admission.user.user_id, now)
+                .is_err()
+        {
+            verdict = self.rate.refuse(now);
+        }
+        match verdict {
             Verdict::Accept => {}
             Verdict::Refuse => {
                 self.app

@@ -178,8 +178,8 @@ async fn metrics_on_a_separate_port() {
     );
     assert_eq!(
         edge.get("/metrics").await.status,
-        200,
-        "and still on the main port"
+        404,
+        "and no longer on the public port"
     );
 }
 

@@ -63,6 +63,11 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Also serve `/metrics` on this port (e.g. one not exposed publicly).
     pub metrics_port: Option<u16>,
+    /// A write to any connection (a REST response, a socket) that makes no
+    /// progress this long ends the connection: a client that never reads
+    /// cannot pin what was written for it. Longer than twice
+    /// `websocket.write_timeout_ms`, which handles slow sockets first.
+    pub write_deadline_ms: u64,
     /// Pending connections the kernel queues before `accept` (capped by
     /// `net.core.somaxconn`). Too small, and a burst of connects overflows it:
     /// clients wait for a SYN retransmit (a one-second stall).
@@ -280,6 +285,7 @@ impl Default for ServerSettings {
             shutdown_grace_ms: 10_000,
             max_header_bytes: 16 * 1024,
             metrics_port: None,
+            write_deadline_ms: 30_000,
             listen_backlog: 4096,
         }
     }

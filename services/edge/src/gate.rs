@@ -119,6 +119,13 @@ pub async fn admit(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         // Probes, the page, and sockets (admitted by their own handshake).
         return next.run(req).await;
     }
+    if op == Op::Metrics {
+        // Scrapers send no credentials; only where it is served matters.
+        return match app.access.decide(&Caller::Anonymous, op) {
+            Ok(()) => next.run(req).await,
+            Err(denied) => denied.error.into_response(),
+        };
+    }
     let token = query_token(&req);
     let caller = match app
         .access

@@ -15,12 +15,14 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: OpenTelemetry traces (OTLP/HTTP), off unless configured.
 //! - [`error`]: refusals and their mapping to statuses and close codes.
-//! - [`server`]: the accept loop and the drain.
+//! - [`server`]: the accept loop and the drain; [`deadline`]: the write
+//!   deadline every connection gets.
 
 pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod gate;
 pub mod limits;

@@ -68,6 +68,7 @@ pub async fn run(
             app.settings.server.handshake_timeout_ms,
         ))
         .max_buf_size(app.settings.server.max_header_bytes.max(8192));
+    let write_deadline = Duration::from_millis(app.settings.server.write_deadline_ms);
     // HTTP connections (not the upgraded sockets, which `app.tasks` holds).
     let http_conns = TaskTracker::new();
 
@@ -91,6 +92,7 @@ pub async fn run(
                     req.extensions_mut().insert(crate::limits::Peer(peer));
                     req
                 });
+                let stream = crate::deadline::WriteDeadline::new(stream, write_deadline);
                 let conn = http
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .with_upgrades();

@@ -104,7 +104,10 @@ pub fn ws_query(data: &[u8]) {
 fn authenticator() -> &'static Authenticator {
     static AUTH: OnceLock<Authenticator> = OnceLock::new();
     AUTH.get_or_init(|| {
-        let env = vec![("JWT_SECRET".to_owned(), "fuzz-secret".to_owned())];
+        let env = vec![(
+            "JWT_SECRET".to_owned(),
+            "fuzz-secret-fuzz-secret-fuzz-secret!".to_owned(),
+        )];
         let settings = Settings::load(None, &env).expect("settings");
         Authenticator::from_settings(&settings).expect("authenticator")
     })

@@ -73,8 +73,17 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
+/// Zero-width and bidirectional formatting characters: they make one name
+/// look like another (or reverse the text around it) where it is shown.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
 /// Checks a username or room name: trimmed, 1 to [`MAX_NAME_LEN`] characters,
-/// no control characters. Returns the trimmed name.
+/// no control characters, no invisible or text-direction formatting
+/// characters. Returns the trimmed name.
 pub fn validate_name(field: &str, value: &str) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() {
@@ -85,6 +94,11 @@ pub fn validate_name(field: &str, value: &str) -> Result<String, String> {
     }
     if v.chars().any(char::is_control) {
         return Err(format!("{field} must not contain control characters"));
+    }
+    if v.chars().any(is_invisible_format) {
+        return Err(format!(
+            "{field} must not contain invisible or text-direction characters"
+        ));
     }
     Ok(v.to_owned())
 }

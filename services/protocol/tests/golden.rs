@@ -254,6 +254,11 @@ fn rest_bodies() {
     );
     assert!(rest::validate_name("username", "  ").is_err());
     assert_eq!(rest::validate_name("username", " bob ").unwrap(), "bob");
+    assert!(rest::validate_name("username", "evil\u{202E}gnp.exe").is_err());
+    assert!(rest::validate_name("username", "a\u{200B}b").is_err());
+    assert!(rest::validate_name("username", "line\r\nbreak").is_err());
+    assert!(rest::validate_name("username", &"x".repeat(101)).is_err());
+    assert_eq!(rest::validate_name("username", "Zoë 🎉").unwrap(), "Zoë 🎉");
 }
 
 #[test]

@@ -82,6 +82,12 @@ impl Settings {
                 "must not exceed websocket.max_frame_bytes",
             ));
         }
+        if s.write_deadline_ms <= w.write_timeout_ms.saturating_mul(2) {
+            return Err(bad(
+                "server.write_deadline_ms",
+                "must be longer than twice websocket.write_timeout_ms",
+            ));
+        }
         if w.heartbeat_timeout_ms <= w.heartbeat_interval_ms {
             return Err(bad(
                 "websocket.heartbeat_timeout_ms",

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
@@ -145,16 +145,27 @@ impl Redis {
     /// shows as not ready, and the node recovers when it comes up.
     pub fn new(url: &str, prefix: &str, max_size: usize) -> Result<Redis, BackendError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let mut cfg = Config::from_url(url);
+        // redis-rs gives multiplexed connections a 500 ms response timeout
+        // of its own by default. Under load (a command queued behind large
+        // history replies) that fired long before our deadline, failed the
+        // command as an I/O error and tore its lane down, turning a slow
+        // moment into a cascade. Our deadline is the one: `timed` and
+        // `timed_write` bound every operation at OP_TIMEOUT.
+        let conn_config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(OP_TIMEOUT));
+        let manager =
+            deadpool_redis::Manager::new_with_config(url, conn_config).map_err(unavailable)?;
         let mut pool = PoolConfig::new(max_size);
         pool.timeouts = Timeouts {
             wait: Some(OP_TIMEOUT),
             create: Some(OP_TIMEOUT),
             recycle: Some(OP_TIMEOUT),
         };
-        cfg.pool = Some(pool);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
+        let pool = Pool::builder(manager)
+            .config(pool)
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(unavailable)?;
         let lanes = Lanes {
             slots: (0..LANES.min(max_size).max(1))

@@ -19,6 +19,9 @@ use crate::scripts::READ;
 
 /// Entries one read script returns at most.
 pub const CHUNK: usize = 64;
+/// Bytes of frames one read script returns at most (but always one entry):
+/// a reply this size is a moment of Redis's time and of a command lane's.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// A fresh epoch, used only if the room has none yet.
 pub fn epoch_candidate() -> String {
@@ -124,7 +127,7 @@ impl RedisHistory {
         loop {
             let kept = out.as_ref().map_or(0, |c| c.entries.len());
             let want = CHUNK.min(limit - kept);
-            let remaining = max_bytes.saturating_sub(bytes);
+            let remaining = max_bytes.saturating_sub(bytes).min(CHUNK_BYTES);
             let chunk = self.chunk(room, dir, want, remaining).await?;
             let acc = out.get_or_insert_with(|| Collected {
                 epoch: chunk.epoch.clone(),

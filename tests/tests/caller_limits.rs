@@ -158,3 +158,31 @@ async fn a_users_frame_rate_holds_across_its_sockets() {
     );
     assert_eq!(pongs + limited, 20);
 }
+
+/// A refused socket gives its slot back at once, not after a close
+/// handshake its client may never answer: at capacity, two clients with
+/// bad tokens that never read do not keep a good one out.
+#[tokio::test]
+async fn refused_sockets_give_their_slot_back_at_once() {
+    let edge = Edge::in_process(&[
+        ("JWT_SECRET", SECRET),
+        ("SERVER_API_KEY", KEY),
+        ("ROOMCAST__SERVER__MAX_CONNECTIONS", "2"),
+    ])
+    .await;
+    let room = edge.room("r").await;
+    // Two refused (4001) clients that never read their close frame.
+    let mut refused = Vec::new();
+    for i in 0..2 {
+        let url = edge.ws_url(&format!("/ws/{room}/bad{i}?token=garbage"));
+        refused.push(Client::connect(&url).await);
+    }
+    let token = hs256(SECRET, "good", json!({}));
+    let url = edge.ws_url(&format!("/ws/{room}/good?token={token}"));
+    let (c, connected, _) = Client::join(&url).await;
+    assert_eq!(
+        connected["user_id"], "good",
+        "admitted while the refused ones linger"
+    );
+    drop((c, refused));
+}

@@ -148,6 +148,16 @@ async fn handshake(
             return unavailable(&app, "backend", "backend unavailable, try again");
         }
     };
+    // A refused socket holds no slot: it is closed right after the upgrade,
+    // and its close handshake (which may wait on the client) must not keep
+    // others out. Released here, before the 101 goes out.
+    let verdict = match verdict {
+        Ok(admission) => Ok((admission, slot, addr_seat)),
+        Err(refusal) => {
+            drop((slot, addr_seat));
+            Err(refusal)
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
     app.tasks.spawn(async move {
@@ -164,16 +174,11 @@ async fn handshake(
         )
         .await;
         match verdict {
-            Ok(mut admission) => {
+            Ok((mut admission, slot, addr_seat)) => {
                 admission.seats.1 = addr_seat;
                 conn::run(task_app, ws, admission, slot).await
             }
-            Err(refusal) => {
-                // A refused socket gives its slots back now, not after the
-                // close handshake (which may wait on the client).
-                drop((slot, addr_seat));
-                close::refuse(task_app, ws, refusal).await
-            }
+            Err(refusal) => close::refuse(task_app, ws, refusal).await,
         }
     });
     Response::builder()

@@ -231,31 +231,34 @@ impl Redis {
     /// be carried out (it may sit in Redis's input buffer, or Redis may be
     /// frozen), so a timeout is [`BackendError::Indeterminate`], not
     /// "unavailable".
-    pub async fn timed_write<T>(
+    pub fn timed_write<T>(
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, BackendError> {
-        tokio::time::timeout(OP_TIMEOUT, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::Indeterminate(format!(
-                    "no answer from redis within {OP_TIMEOUT:?}"
-                )))
-            })
+    ) -> impl Future<Output = Result<T, BackendError>> {
+        deadline(op, || {
+            BackendError::Indeterminate(format!("no answer from redis within {OP_TIMEOUT:?}"))
+        })
     }
 
     /// Runs `op` with the operation deadline. A read (or a write whose
     /// double effect does no harm) that times out counts as not done.
-    pub async fn timed<T>(
+    pub fn timed<T>(
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, BackendError> {
-        tokio::time::timeout(OP_TIMEOUT, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::Unavailable(
-                    "redis operation timed out".into(),
-                ))
-            })
+    ) -> impl Future<Output = Result<T, BackendError>> {
+        deadline(op, || {
+            BackendError::Unavailable("redis operation timed out".into())
+        })
     }
+}
+
+/// `op` within [`OP_TIMEOUT`], else the error `late` makes. A combinator,
+/// not an `async fn`: no state beyond the timeout's own (these wrap every
+/// Redis call, and their futures are large already).
+fn deadline<T>(
+    op: impl Future<Output = Result<T, BackendError>>,
+    late: impl FnOnce() -> BackendError,
+) -> impl Future<Output = Result<T, BackendError>> {
+    use futures_util::FutureExt;
+    tokio::time::timeout(OP_TIMEOUT, op).map(|r| r.unwrap_or_else(|_| Err(late())))
 }

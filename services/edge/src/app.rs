@@ -165,6 +165,7 @@ pub struct App {
     pub telemetry: Arc<Telemetry>,
     pub auth: Authenticator,
     pub access: Access,
+    pub hooks: crate::hooks::Hooks,
     pub origins: Origins,
     /// Per-caller limits (see `limits`).
     pub rest_by_addr: KeyedBuckets<std::net::IpAddr>,
@@ -206,6 +207,7 @@ impl App {
         Ok(Arc::new(App {
             auth: Authenticator::from_settings(s)?,
             access: Access::from_settings(s),
+            hooks: crate::hooks::Hooks::from_settings(s),
             origins: Origins::from_settings(s),
             rest_by_addr: KeyedBuckets::new(l.rest_rate_per_sec, l.rest_burst),
             rest_by_user: KeyedBuckets::new(l.rest_rate_per_sec, l.rest_burst),

@@ -35,6 +35,8 @@ pub struct Identity {
     pub rooms: Option<HashSet<RoomId>>,
     /// The token's `exp` (seconds since the epoch), if it has one.
     pub expires_at: Option<u64>,
+    /// Every claim, as the token carries them (for the connect hook).
+    pub claims: serde_json::Value,
 }
 
 impl Identity {
@@ -125,9 +127,10 @@ impl Authenticator {
             return Err(AuthError::Invalid("auth is not configured".into()));
         };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let c = data.claims;
+        let c: Claims = serde_json::from_value(data.claims.clone())
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&c.sub)
             .map_err(|e| AuthError::Invalid(format!("sub is not a valid user id: {e}")))?;
         let rooms = c
@@ -151,6 +154,7 @@ impl Authenticator {
             username,
             rooms,
             expires_at: c.exp,
+            claims: data.claims,
         })
     }
 }

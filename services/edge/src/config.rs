@@ -39,7 +39,46 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub presence: PresenceSettings,
     pub limits: LimitSettings,
+    pub hooks: HookSettings,
     pub log: LogSettings,
+}
+
+/// The application's backend in the loop (see `hooks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookSettings {
+    /// POSTed on every socket admission: allow or deny (and a name).
+    pub connect_url: Option<String>,
+    pub connect_timeout_ms: u64,
+    /// `deny` or `allow`: what a connect hook that does not answer means.
+    pub connect_on_error: String,
+    /// POSTed before a message is stored: accept, reject or replace.
+    pub publish_url: Option<String>,
+    pub publish_timeout_ms: u64,
+    pub publish_on_error: String,
+    /// Room-name patterns (`support-*`, comma-separated) the publish hook
+    /// applies to; empty: every room.
+    pub publish_rooms: String,
+    /// Calls in flight to each hook at most (waiting counts toward the timeout).
+    pub concurrency: usize,
+    /// Signs every hook request (`X-Roomcast-Signature`); at least 16 bytes.
+    pub secret: Option<String>,
+}
+
+impl Default for HookSettings {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            connect_timeout_ms: 2000,
+            connect_on_error: "deny".into(),
+            publish_url: None,
+            publish_timeout_ms: 2000,
+            publish_on_error: "deny".into(),
+            publish_rooms: String::new(),
+            concurrency: 64,
+            secret: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -512,6 +551,7 @@ impl Settings {
         };
         mask(&mut s.auth.jwt_secret);
         mask(&mut s.auth.server_api_key);
+        mask(&mut s.hooks.secret);
         if let Some(url) = &mut s.redis.url {
             *url = mask_url_password(url);
         }

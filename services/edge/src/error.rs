@@ -113,6 +113,12 @@ pub enum Refusal {
     /// The user holds `limits.connections_per_user` sockets on this node.
     #[error("too many connections for this user; close one first")]
     TooManyConnections,
+    /// The application's connect hook said no, with its code and reason.
+    #[error("{1}")]
+    HookDenied(u16, String),
+    /// The connect hook gave no usable answer, and that means deny.
+    #[error("connect hook unavailable; try again")]
+    HookFailed,
 }
 
 impl Refusal {
@@ -122,6 +128,8 @@ impl Refusal {
             Refusal::Unauthorized(_) => CloseCode::Unauthorized,
             Refusal::Forbidden(_) => CloseCode::Forbidden,
             Refusal::TooManyConnections => CloseCode::Policy,
+            Refusal::HookDenied(code, _) => CloseCode::Application(*code),
+            Refusal::HookFailed => CloseCode::Internal,
         }
     }
 
@@ -132,6 +140,8 @@ impl Refusal {
             Refusal::Unauthorized(_) => "auth",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::TooManyConnections => "too_many_connections",
+            Refusal::HookDenied(..) => "hook_denied",
+            Refusal::HookFailed => "hook_error",
         }
     }
 }
@@ -158,6 +168,12 @@ pub enum FrameRefusal {
     /// A typing indicator could not be published.
     #[error("typing not sent; try again")]
     TypingNotSent(BackendError),
+    /// The application's publish hook refused the message (its reason).
+    #[error("{0}")]
+    Rejected(String),
+    /// The publish hook gave no usable answer, and that means deny.
+    #[error("publish hook unavailable: not stored and not sent; retry")]
+    HookFailed,
 }
 
 fn publish_message(e: &BackendError) -> &'static str {
@@ -176,9 +192,10 @@ impl FrameRefusal {
             FrameRefusal::TokenExpired => ErrorCode::Forbidden,
             FrameRefusal::Invalid(e) => e.code,
             FrameRefusal::NotPublished(e) if e.may_have_happened() => ErrorCode::OutcomeUnknown,
-            FrameRefusal::NotPublished(_) | FrameRefusal::TypingNotSent(_) => {
-                ErrorCode::Unavailable
-            }
+            FrameRefusal::NotPublished(_)
+            | FrameRefusal::TypingNotSent(_)
+            | FrameRefusal::HookFailed => ErrorCode::Unavailable,
+            FrameRefusal::Rejected(_) => ErrorCode::Rejected,
         }
     }
 
@@ -189,7 +206,9 @@ impl FrameRefusal {
             FrameRefusal::RateLimited => "rate_limited",
             FrameRefusal::TokenExpired => "forbidden",
             FrameRefusal::Invalid(_) | FrameRefusal::BadSince => "invalid",
-            FrameRefusal::NotPublished(_) => "message",
+            FrameRefusal::NotPublished(_)
+            | FrameRefusal::Rejected(_)
+            | FrameRefusal::HookFailed => "message",
             FrameRefusal::TypingNotSent(_) => "typing",
         }
     }
@@ -288,7 +307,9 @@ impl From<BackendError> for End {
 impl Refusal {
     /// Every `reason` label a refused handshake is counted under, after the
     /// upgrade (these) or before it (capacity, draining, backend).
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 10] = [
+        "hook_denied",
+        "hook_error",
         "not_found",
         "auth",
         "forbidden",

@@ -10,6 +10,7 @@
 //!   (CORS, the caller, its rate limits, the access table).
 //! - [`ws`]: the WebSocket handshake and the per-connection task.
 //! - [`access`]: the access table (who may call which route).
+//! - [`hooks`]: the application's connect and publish hooks.
 //! - [`limits`]: per-caller limits (rates, connection counts, client address).
 //! - [`auth`]: JWT and origin checks.
 //! - [`metrics`]: Prometheus metrics.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod gate;
+pub mod hooks;
 pub mod limits;
 pub mod metrics;
 pub mod rest;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub recoveries: IntCounterVec,
     pub handshakes_refused: IntCounterVec,
     pub requests_refused: IntCounterVec,
+    pub hook_calls: IntCounterVec,
+    pub hook_duration: prometheus::HistogramVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -181,6 +183,29 @@ impl Metrics {
                 "REST requests refused before their handler, by reason (unauthorized, forbidden, rate_limited, cross_site).",
                 "reason",
             ),
+            hook_calls: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "roomcast_hook_calls_total",
+                        "Calls to the application's hooks, by hook and outcome (allow, deny, accept, replace, reject, error).",
+                    ),
+                    &["hook", "outcome"],
+                )
+                .expect("valid"),
+            ),
+            hook_duration: reg(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "roomcast_hook_duration_seconds",
+                        "Time a hook call took, answered or not.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["hook"],
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
         m.broker_up.set(1);
@@ -194,6 +219,14 @@ impl Metrics {
         ] {
             for label in labels {
                 vec.with_label_values(&[label]);
+            }
+        }
+        for (hook, outcomes) in [
+            ("connect", &["allow", "deny", "error"][..]),
+            ("publish", &["accept", "replace", "reject", "error"][..]),
+        ] {
+            for outcome in outcomes {
+                m.hook_calls.with_label_values(&[hook, outcome]);
             }
         }
         m

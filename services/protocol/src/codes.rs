@@ -26,6 +26,9 @@ pub enum ErrorCode {
     OutcomeUnknown,
     /// Not allowed for this connection.
     Forbidden,
+    /// The application (its publish hook) refused the message; nothing was
+    /// stored or sent. The `message` says why, in the application's words.
+    Rejected,
 }
 
 impl ErrorCode {
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }
@@ -70,6 +74,8 @@ pub enum CloseCode {
     Forbidden,
     /// 4004: room or user not found (and auto-create is off).
     NotFound,
+    /// 4000-4999 as the application's connect hook chose it.
+    Application(u16),
 }
 
 impl CloseCode {
@@ -87,6 +93,7 @@ impl CloseCode {
             CloseCode::Unauthorized => 4001,
             CloseCode::Forbidden => 4003,
             CloseCode::NotFound => 4004,
+            CloseCode::Application(code) => code,
         }
     }
 

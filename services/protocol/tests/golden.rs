@@ -151,6 +151,7 @@ fn every_error_code_has_its_wire_name() {
         (ErrorCode::Unavailable, "unavailable"),
         (ErrorCode::OutcomeUnknown, "outcome_unknown"),
         (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::Rejected, "rejected"),
     ] {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
         assert_eq!(code.as_str(), name);

@@ -123,6 +123,7 @@ impl Settings {
         }
         self.validate_auth()?;
         self.validate_limits()?;
+        self.validate_hooks()?;
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
             return Err(bad(
                 "JWT_SECRET / JWT_PUBLIC_KEY_FILE",
@@ -235,6 +236,56 @@ impl Settings {
                     format!("expected IP addresses or networks (10.0.0.0/8), got {p:?}"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        let h = &self.hooks;
+        for (name, url) in [
+            ("hooks.connect_url", &h.connect_url),
+            ("hooks.publish_url", &h.publish_url),
+        ] {
+            let Some(url) = url else { continue };
+            if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
+                return Err(bad(
+                    name,
+                    format!(
+                        "expected an http:// URL of the application's backend, got {url:?} \
+                         (https is not spoken here: terminate TLS in a sidecar or the mesh)"
+                    ),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("hooks.connect_on_error", &h.connect_on_error),
+            ("hooks.publish_on_error", &h.publish_on_error),
+        ] {
+            if !matches!(v.as_str(), "deny" | "allow") {
+                return Err(bad(name, format!("expected deny or allow, got {v:?}")));
+            }
+        }
+        for (name, v) in [
+            ("hooks.connect_timeout_ms", h.connect_timeout_ms),
+            ("hooks.publish_timeout_ms", h.publish_timeout_ms),
+            ("hooks.concurrency", h.concurrency as u64),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "expected a number greater than 0"));
+            }
+        }
+        if let Some(secret) = &h.secret
+            && secret.len() < MIN_API_KEY_BYTES
+        {
+            return Err(bad(
+                "hooks.secret",
+                format!(
+                    "is {} bytes; at least {MIN_API_KEY_BYTES} are needed",
+                    secret.len()
+                ),
+            ));
         }
         Ok(())
     }

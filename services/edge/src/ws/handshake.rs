@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::app::App;
 use crate::auth::{AuthError, find_token};
 use crate::error::{ApiError, Refusal};
+use crate::hooks::{ConnectRequest, ConnectVerdict};
 use crate::limits::Peer;
 use crate::ws::close;
 use crate::ws::conn::{self, Admission};
@@ -141,7 +142,8 @@ async fn handshake(
     let Some(slot) = app.reserve_slot() else {
         return unavailable(&app, "capacity", "node at connection capacity");
     };
-    let verdict = match admit(&app, &room, url_user, &query, req.headers()).await {
+    let client = peer.map(|p| app.client_addr(p, req.headers()));
+    let verdict = match admit(&app, &room, url_user, &query, req.headers(), client).await {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "backend unavailable during handshake");
@@ -198,6 +200,7 @@ async fn admit(
     url_user: Option<String>,
     q: &WsQuery,
     headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Result<Admission, Refusal>, roomcast_core::BackendError> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -245,6 +248,27 @@ async fn admit(
     let Some(user_seat) = app.conns_by_user.enter(user_id.clone()) else {
         return Ok(Err(Refusal::TooManyConnections));
     };
+    // The application's connect hook, if any, has the last word (and may
+    // name the user).
+    let hook_req = ConnectRequest {
+        room_id: room_id.as_str(),
+        user_id: user_id.as_str(),
+        username: token_name.as_deref().or(query_name.as_deref()),
+        claims: identity.as_ref().map(|id| &id.claims),
+        node_id: &app.node_id,
+        client_addr: client.map(|c| c.to_string()),
+    };
+    let hook_name = match app.hooks.on_connect(&app.metrics, &hook_req).await {
+        None => None,
+        Some(Ok(ConnectVerdict::Allow { username })) => {
+            username.and_then(|n| validate_name("username", &n).ok())
+        }
+        Some(Ok(ConnectVerdict::Deny { code, reason })) => {
+            return Ok(Err(Refusal::HookDenied(code, reason)));
+        }
+        Some(Err(_)) => return Ok(Err(Refusal::HookFailed)),
+    };
+    let token_name = hook_name.or(token_name);
     // A valid token vouches for its subject: the issuer's users need not be
     // created here first.
     let policy = AdmitPolicy {

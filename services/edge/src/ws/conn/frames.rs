@@ -1,7 +1,8 @@
 //! Frames from the client: rate limiting (per socket and per user),
 //! parsing, and what each one does
 //! (publish and ack, typing, ping). Anything refused becomes a
-//! [`FrameRefusal`], which the error module turns into an `error` frame
+//! [`FrameRefusal`] (the application's publish hook may refuse a message
+//! too), which the error module turns into an `error` frame
 //! carrying the refused frame's `client_id`. The connection lives on after
 //! every refusal except a flood.
 
@@ -13,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::Conn;
 use crate::error::{End, FrameRefusal};
+use crate::hooks::{PublishRequest, PublishVerdict};
 use crate::ws::rate::Verdict;
 
 impl Conn {
@@ -132,6 +134,41 @@ impl Conn {
     }
 
     async fn publish(&mut self, content: String, client_id: Option<String>) -> Result<(), End> {
+        // The application's publish hook, if it applies to this room, may
+        // refuse the message or change it before anything is stored.
+        let hooked = self
+            .app
+            .hooks
+            .on_publish(
+                &self.app.metrics,
+                &PublishRequest {
+                    room_id: self.admission.room.as_str(),
+                    user_id: self.admission.user.user_id.as_str(),
+                    username: &self.admission.user.username,
+                    content: &content,
+                    client_id: client_id.as_deref(),
+                },
+            )
+            .await;
+        let content = match hooked {
+            None | Some(Ok(PublishVerdict::Accept)) => content,
+            Some(Ok(PublishVerdict::Replace(new))) => {
+                let max = self.app.settings.websocket.max_content_bytes;
+                if new.trim().is_empty() || new.len() > max {
+                    tracing::warn!(
+                        "publish hook replaced a message with empty or oversized content"
+                    );
+                    return self.send_refusal(FrameRefusal::HookFailed, client_id).await;
+                }
+                new
+            }
+            Some(Ok(PublishVerdict::Reject(reason))) => {
+                return self
+                    .send_refusal(FrameRefusal::Rejected(reason), client_id)
+                    .await;
+            }
+            Some(Err(_)) => return self.send_refusal(FrameRefusal::HookFailed, client_id).await,
+        };
         let started = Instant::now();
         let mut span = self.app.telemetry.publish(self.admission.room.as_str());
         let draft = MessageDraft {

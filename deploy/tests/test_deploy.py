@@ -104,6 +104,9 @@ def test_edge_deployment_is_production_ready():
     assert config["ENVIRONMENT"] == "production" and "ALLOW_UNAUTHENTICATED" not in config
     presence = by_kind(docs, "Deployment", "roomcast-presence")
     assert presence["spec"]["replicas"] == 2
+    # The presence service reads the edges' settings (key prefix and all).
+    refs = presence["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert {"configMapRef": {"name": "roomcast-config"}} in refs
     ingress = by_kind(docs, "Ingress")["metadata"]["annotations"]
     assert int(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 25, "longer than the heartbeat"
 

@@ -224,9 +224,15 @@ async fn the_presence_service_shares_the_edges_settings() {
     ];
     let mut nodes = cluster(&redis, 2, &prefix).await;
     let url = redis.url();
+    // As in Kubernetes: the edges' ConfigMap, production included.
     let presence = Edge::start_bin(
         "roomcast-presence",
-        &[("REDIS_URL", url.as_str()), prefix[0]],
+        &[
+            ("REDIS_URL", url.as_str()),
+            prefix[0],
+            ("ENVIRONMENT", "production"),
+            ("METRICS_PORT", "9100"),
+        ],
     )
     .await;
     presence.wait_ready().await;

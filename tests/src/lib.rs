@@ -68,6 +68,32 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The port a process we started says it listens on: its first line on
+/// standard output is `listening on ADDR` (stdout must be piped). The rest of
+/// its output is drained, so it never blocks on a full pipe.
+pub async fn announced_port(child: &mut Child, name: &str) -> u16 {
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Read on a thread: the pipe is blocking.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok);
+        let _ = tx.send(first);
+        for _ in lines {}
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not say where it listens"))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{name} exited before listening"));
+    line.strip_prefix("listening on ")
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+        .port()
+}
+
 /// A running edge node: a `roomcast-edge` process, or one in this process.
 #[derive(Debug)]
 pub struct Edge {
@@ -156,28 +182,7 @@ impl Edge {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Read the announcement on a thread (the pipe is blocking), then keep
-        // draining stdout so the process never blocks on a full pipe.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let first = lines.next().and_then(Result::ok);
-            let _ = tx.send(first);
-            for _ in lines {}
-        });
-        let line = tokio::time::timeout(Duration::from_secs(20), rx)
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not say where it listens"))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("{name} exited before listening"));
-        let port = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
-            .port();
+        let port = announced_port(&mut child, name).await;
         let edge = Edge {
             port,
             child: Some(child),
@@ -435,9 +440,11 @@ impl Resp {
 
 mod client;
 mod cluster;
+mod delay;
 mod redis;
 mod tokens;
 pub use client::{Client, Closed};
 pub use cluster::cluster;
+pub use delay::DelayProxy;
 pub use redis::RedisServer;
 pub use tokens::{hs256, now, rs256};

@@ -1,7 +1,9 @@
 //! Redis faults must not make the server lie to its clients: a Redis that
 //! freezes leaves publishes whose outcome the node cannot know, and retries
 //! of them must not store twice; a Redis that restarts must not make live
-//! users look gone.
+//! users look gone; a Redis a few milliseconds away works the same, later.
+
+#![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -259,4 +261,61 @@ async fn the_presence_service_shares_the_edges_settings() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("redis.key_prefix"));
+}
+
+/// Redis a set time away (a delaying proxy in front of it: no `tc netem`
+/// here): a two-node cluster works the same, only later. Every message
+/// reaches the other node once, in order; a publish costs at least the
+/// round trip (a lower bound, so machine noise cannot fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_redis_five_milliseconds_away() {
+    let redis = RedisServer::start().await;
+    let delay = Duration::from_millis(5);
+    let proxy = roomcast_tests::DelayProxy::start(redis.port, delay).await;
+    let url = proxy.redis_url();
+    let mut nodes = Vec::new();
+    for id in ["far-0", "far-1"] {
+        let e = Edge::start(&[("REDIS_URL", url.as_str()), ("NODE_ID", id)]).await;
+        e.wait_ready().await;
+        nodes.push(e);
+    }
+    // The proxy adds the delay both ways.
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    s.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    assert!(started.elapsed() >= delay * 2, "{:?}", started.elapsed());
+
+    let room = nodes[0].room("far").await;
+    let (a_id, b_id) = (nodes[0].user("a").await, nodes[1].user("b").await);
+    let (mut a, _, _) = Client::join(&nodes[0].ws_url(&format!("/ws/{room}/{a_id}"))).await;
+    let (mut b, _, _) = Client::join(&nodes[1].ws_url(&format!("/ws/{room}/{b_id}"))).await;
+    a.next_of("user_joined").await;
+    let mut slowest = Duration::ZERO;
+    let mut fastest = Duration::MAX;
+    for i in 0..20 {
+        let sent = Instant::now();
+        a.send_json(&json!({"content": format!("m{i}"), "client_id": i.to_string()}))
+            .await;
+        let ack = a.next_of("ack").await;
+        let took = sent.elapsed();
+        assert_eq!(ack["offset"], i + 1);
+        (slowest, fastest) = (slowest.max(took), fastest.min(took));
+    }
+    assert!(
+        fastest >= delay * 2,
+        "a publish is a Redis round trip: {fastest:?}"
+    );
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let f = b.next_of("message").await;
+        got.push(f["offset"].as_u64().unwrap());
+    }
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    println!("redis {delay:?} away each way: publish ack {fastest:?} .. {slowest:?}");
 }

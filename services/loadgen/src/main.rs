@@ -7,6 +7,7 @@
 //! roomcast-loadgen idle   --urls http://127.0.0.1:8001 --connections 10000 --hold 5
 //! roomcast-loadgen churn  --urls http://127.0.0.1:8001,http://127.0.0.1:8002 --connections 1000 --rate 200 --duration 10
 //! roomcast-loadgen floor  --connections 500 --rate 100 --duration 10 --size 200
+//! roomcast-loadgen delay-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:6379 --delay-ms 1
 //! ```
 //!
 //! Rooms and users are created over REST first (any server configuration
@@ -16,6 +17,7 @@
 
 mod cli;
 mod client;
+mod delay;
 mod floor;
 mod report;
 mod rest;
@@ -26,6 +28,9 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("delay-proxy") {
+        return delay_proxy(&args[1..]).await;
+    }
     let opts = match cli::parse(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -51,6 +56,35 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("roomcast-loadgen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `delay-proxy --listen ADDR --upstream ADDR --delay-ms N`.
+async fn delay_proxy(args: &[String]) -> ExitCode {
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let (Some(upstream), Some(delay)) = (get("--upstream"), get("--delay-ms")) else {
+        eprintln!(
+            "usage: roomcast-loadgen delay-proxy --upstream HOST:PORT --delay-ms N [--listen HOST:PORT]"
+        );
+        return ExitCode::from(2);
+    };
+    let Ok(delay) = delay.parse::<f64>() else {
+        eprintln!("roomcast-loadgen: --delay-ms: expected milliseconds, got {delay:?}");
+        return ExitCode::from(2);
+    };
+    let listen = get("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+    let delay = std::time::Duration::from_secs_f64(delay.max(0.0) / 1000.0);
+    match delay::run(&listen, &upstream, delay).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast-loadgen delay-proxy: {e}");
             ExitCode::from(1)
         }
     }

@@ -191,6 +191,12 @@ pub async fn hold_lease(
     // resubscribe, so they hear the `user_left` it may publish.
     let mut reconcile_in: Option<u32> = None;
     let mut beats: u64 = 0;
+    // The newest connection as of the last renewal that found the lease
+    // ours: if the lease turns out lost, only connections up to it may have
+    // lost their presence; later ones registered with the Redis that is
+    // there now (e.g. clients that reconnected after a history reset) and
+    // must not be told to resync again.
+    let mut vouched = hub.newest_conn();
     let mut reconnects = BackendStats::get(&stats.broker_reconnects);
     loop {
         tokio::select! {
@@ -225,9 +231,13 @@ pub async fn hold_lease(
             .await;
         let ok = renewed.is_ok();
         match renewed {
-            Ok(1) => {}
-            Ok(_) if first => tracing::info!(node, "presence lease taken"),
+            Ok(1) => vouched = hub.newest_conn(),
+            Ok(_) if first => {
+                vouched = hub.newest_conn();
+                tracing::info!(node, "presence lease taken");
+            }
             Ok(2) => {
+                vouched = hub.newest_conn();
                 tracing::info!(
                     node,
                     "presence lease had lapsed (Redis unreachable) but was not swept; renewed, nothing lost"
@@ -235,7 +245,8 @@ pub async fn hold_lease(
                 reconcile_in.get_or_insert(2);
             }
             Ok(_) => {
-                let n = hub.kill_all(KillReason::Resync);
+                let n = hub.kill_up_to(vouched, KillReason::Resync);
+                vouched = hub.newest_conn();
                 tracing::error!(
                     node,
                     connections = n,

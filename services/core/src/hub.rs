@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use roomcast_protocol::{RoomId, Timestamp, UserId};
@@ -89,8 +89,6 @@ impl HubObserver for NoObserver {
 pub struct Hub {
     rooms: Sharded<HashMap<RoomId, Vec<Member>>>,
     active_rooms: AtomicUsize,
-    /// The highest connection id that ever joined (ids grow).
-    newest: AtomicU64,
     observer: Arc<dyn HubObserver>,
 }
 
@@ -113,7 +111,6 @@ impl Hub {
         Self {
             rooms: Sharded::new(64),
             active_rooms: AtomicUsize::new(0),
-            newest: AtomicU64::new(0),
             observer,
         }
     }
@@ -121,7 +118,6 @@ impl Hub {
     /// Adds a connection to a room. True when it is the room's first local
     /// member, i.e. the node must now subscribe to the room.
     pub fn join(&self, room: &RoomId, member: Member) -> bool {
-        self.newest.fetch_max(member.conn, Ordering::Relaxed);
         let mut shard = self.rooms.shard(room).write();
         let members = shard.entry(room.clone()).or_default();
         members.push(member);
@@ -194,22 +190,20 @@ impl Hub {
 
     /// Asks every local connection to close with `reason`.
     pub fn kill_all(&self, reason: KillReason) -> usize {
-        self.kill_up_to(ConnId::MAX, reason)
+        self.kill_where(|_, _| true, reason)
     }
 
-    /// The highest connection id that has joined so far: connections that
-    /// join later have higher ids.
-    pub fn newest_conn(&self) -> ConnId {
-        self.newest.load(Ordering::Relaxed)
-    }
-
-    /// Asks every local connection with an id up to `newest` to close with
-    /// `reason` (those that joined later are left alone).
-    pub fn kill_up_to(&self, newest: ConnId, reason: KillReason) -> usize {
+    /// Asks the local connections `doomed` says yes to (by room and id) to
+    /// close with `reason`; how many.
+    pub fn kill_where(
+        &self,
+        doomed: impl Fn(&RoomId, ConnId) -> bool,
+        reason: KillReason,
+    ) -> usize {
         let mut n = 0;
         for shard in self.rooms.all() {
-            for members in shard.read().values() {
-                for m in members.iter().filter(|m| m.conn <= newest) {
+            for (room, members) in shard.read().iter() {
+                for m in members.iter().filter(|m| doomed(room, m.conn)) {
                     m.outbox.kill(reason);
                     n += 1;
                 }
@@ -314,15 +308,14 @@ mod tests {
     }
 
     #[test]
-    fn kill_up_to_spares_later_connections() {
+    fn kill_where_spares_the_others() {
         let hub = Hub::default();
         let room = RoomId::parse("r").unwrap();
         let (old, old_ctl) = member(3, "a", 4);
-        hub.join(&room, old);
-        let mark = hub.newest_conn();
         let (new, new_ctl) = member(7, "b", 4);
+        hub.join(&room, old);
         hub.join(&room, new);
-        assert_eq!(hub.kill_up_to(mark, KillReason::Resync), 1);
+        assert_eq!(hub.kill_where(|_, c| c == 3, KillReason::Resync), 1);
         assert_eq!(old_ctl.reason(), Some(KillReason::Resync));
         assert_eq!(new_ctl.reason(), None);
     }

@@ -22,14 +22,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_core::envelope::Envelope;
-use roomcast_core::hub::{Hub, KillReason};
+use roomcast_core::hub::{ConnId, Hub, KillReason};
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{RoomId, ServerFrame, Timestamp, UserEventFrame, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Redis, unavailable};
 use crate::envelope;
-use crate::presence::RedisPresence;
+use crate::presence::{RedisPresence, node_entry};
 use crate::scripts::{LEASE, LOCK, SWEEP_NODE};
 use roomcast_core::presence::Presence;
 
@@ -133,7 +133,7 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
     let live: std::collections::HashSet<String> = hub
         .local_connections()
         .into_iter()
-        .map(|(room, user, conn)| format!("{room} {user} {node}/{conn}"))
+        .map(|(room, user, conn)| node_entry(&room, &user, &format!("{node}/{conn}")))
         .collect();
     let presence = RedisPresence::new(redis.clone());
     let mut removed = 0;
@@ -167,6 +167,44 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
     Ok(removed)
 }
 
+/// After a lost lease: asks exactly the local connections whose presence
+/// entries are gone (swept, or lost with Redis's data) to reconnect and
+/// resynchronize. Connections registered since (clients that already came
+/// back after a history reset, say) keep going. If the entries cannot be
+/// read, every connection resyncs.
+async fn resync_swept(redis: &Redis, node: &str, hub: &Hub) -> usize {
+    let entries: Result<std::collections::HashSet<String>, BackendError> = redis
+        .timed(async {
+            let mut c = redis.conn().await?;
+            redis::cmd("SMEMBERS")
+                .arg(redis.keys.node_conns(node))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)
+        })
+        .await;
+    match entries {
+        Ok(entries) => {
+            let registered: std::collections::HashSet<(String, ConnId)> = hub
+                .local_connections()
+                .into_iter()
+                .filter(|(room, user, conn)| {
+                    entries.contains(&node_entry(room, user, &format!("{node}/{conn}")))
+                })
+                .map(|(room, _, conn)| (room.to_string(), conn))
+                .collect();
+            hub.kill_where(
+                |room, conn| !registered.contains(&(room.to_string(), conn)),
+                KillReason::Resync,
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this node's presence entries; resyncing every connection");
+            hub.kill_all(KillReason::Resync)
+        }
+    }
+}
+
 /// Holds this node's lease until shutdown. First clears what an earlier
 /// life of the same node id left behind. If the lease is ever found lost
 /// (Redis unreachable for longer than the TTL, so the sweeper may have
@@ -191,12 +229,6 @@ pub async fn hold_lease(
     // resubscribe, so they hear the `user_left` it may publish.
     let mut reconcile_in: Option<u32> = None;
     let mut beats: u64 = 0;
-    // The newest connection as of the last renewal that found the lease
-    // ours: if the lease turns out lost, only connections up to it may have
-    // lost their presence; later ones registered with the Redis that is
-    // there now (e.g. clients that reconnected after a history reset) and
-    // must not be told to resync again.
-    let mut vouched = hub.newest_conn();
     let mut reconnects = BackendStats::get(&stats.broker_reconnects);
     loop {
         tokio::select! {
@@ -231,13 +263,9 @@ pub async fn hold_lease(
             .await;
         let ok = renewed.is_ok();
         match renewed {
-            Ok(1) => vouched = hub.newest_conn(),
-            Ok(_) if first => {
-                vouched = hub.newest_conn();
-                tracing::info!(node, "presence lease taken");
-            }
+            Ok(1) => {}
+            Ok(_) if first => tracing::info!(node, "presence lease taken"),
             Ok(2) => {
-                vouched = hub.newest_conn();
                 tracing::info!(
                     node,
                     "presence lease had lapsed (Redis unreachable) but was not swept; renewed, nothing lost"
@@ -245,8 +273,7 @@ pub async fn hold_lease(
                 reconcile_in.get_or_insert(2);
             }
             Ok(_) => {
-                let n = hub.kill_up_to(vouched, KillReason::Resync);
-                vouched = hub.newest_conn();
+                let n = resync_swept(&redis, &node, &hub).await;
                 tracing::error!(
                     node,
                     connections = n,

@@ -87,7 +87,7 @@ impl RedisPresence {
             .arg(conn)
             .arg(user.as_str())
             .arg(username)
-            .arg(format!("{room} {user} {conn}"))
+            .arg(node_entry(room, user, conn))
             .arg(room.as_str());
         invocation
     }
@@ -115,6 +115,13 @@ impl RedisPresence {
             })
             .await
     }
+}
+
+/// A connection's entry in its node's set (`Keys::node_conns`), which the
+/// sweep script, reconciliation and lease recovery read:
+/// `<room> <user> <node>/<conn>`.
+pub fn node_entry(room: &RoomId, user: &UserId, conn_key: &str) -> String {
+    format!("{room} {user} {conn_key}")
 }
 
 /// The node part of a `node/conn` connection key.

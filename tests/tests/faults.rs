@@ -319,3 +319,37 @@ async fn a_cluster_with_redis_five_milliseconds_away() {
     assert_eq!(got, (1..=20).collect::<Vec<_>>());
     println!("redis {delay:?} away each way: publish ack {fastest:?} .. {slowest:?}");
 }
+
+/// One room whose stream cannot be read (its key holds the wrong type, as a
+/// stand-in for any per-room failure) is refused alone: the node's pub/sub
+/// session is not started over, and another room on the node chats on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rooms_broken_stream_does_not_reset_the_others() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let (good, bad) = (node.room("good").await, node.room("bad").await);
+    let (u1, u2, u3) = (
+        node.user("u1").await,
+        node.user("u2").await,
+        node.user("u3").await,
+    );
+    let (mut a, _, _) = Client::join(&node.ws_url(&format!("/ws/{good}/{u1}"))).await;
+    let (mut b, _, _) = Client::join(&node.ws_url(&format!("/ws/{good}/{u2}"))).await;
+    a.next_of("user_joined").await;
+    assert_eq!(
+        redis.cli(&["SET", &format!("roomcast:log:{bad}"), "not a stream"]),
+        "OK"
+    );
+    // Joining the broken room fails, for that socket only.
+    let mut c = Client::connect(&node.ws_url(&format!("/ws/{bad}/{u3}"))).await;
+    let closed = c.closed().await;
+    assert_eq!(closed.code(), Some(1011), "{closed:?}");
+    // The good room never noticed: same sockets, messages flow, no reconnect.
+    for i in 0..5 {
+        a.send_json(&json!({"content": format!("still {i}")})).await;
+        assert_eq!(b.next_of("message").await["content"], format!("still {i}"));
+    }
+    assert_eq!(node.metric("roomcast_broker_reconnects_total").await, 0.0);
+    assert_eq!(node.try_status("/ready").await, Some(200));
+}

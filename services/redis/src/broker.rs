@@ -44,9 +44,14 @@ pub struct RedisBroker {
     redis: Redis,
     node: Arc<str>,
     history: HistoryOptions,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
 }
+
+/// Subscription requests waiting for the pub/sub session at most. Past it a
+/// subscribe is refused at once (`unavailable`: the joining client retries)
+/// instead of the queue growing without bound in a reconnect storm.
+pub const COMMAND_QUEUE: usize = 65_536;
 
 /// How long a connection waits for its room's subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +61,7 @@ impl RedisBroker {
         redis: Redis,
         node: &str,
         history: HistoryOptions,
-        commands: mpsc::UnboundedSender<Command>,
+        commands: mpsc::Sender<Command>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
@@ -136,8 +141,15 @@ impl Broker for RedisBroker {
         }
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe(room.clone(), tx))
-            .map_err(|_| BackendError::Unavailable("pub/sub session stopped".into()))?;
+            .try_send(Command::Subscribe(room.clone(), tx))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => BackendError::Unavailable(
+                    "pub/sub session busy: too many subscriptions waiting".into(),
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    BackendError::Unavailable("pub/sub session stopped".into())
+                }
+            })?;
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(BackendError::Unavailable("pub/sub session stopped".into())),
@@ -146,8 +158,11 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, room: &RoomId) -> Result<(), BackendError> {
+        // Waits for room in the queue: an unsubscribe must not be lost (the
+        // node would stay subscribed to a room it no longer serves).
         self.commands
             .send(Command::Unsubscribe(room.clone()))
+            .await
             .map_err(|_| BackendError::Unavailable("pub/sub session stopped".into()))
     }
 

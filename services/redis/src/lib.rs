@@ -76,7 +76,7 @@ pub fn start(
         stats: stats.clone(),
         subscribed: Default::default(),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(broker::COMMAND_QUEUE);
     let backend = Backend {
         store: Arc::new(store::RedisStore::new(redis.clone())),
         history: Arc::new(history::RedisHistory::new(redis.clone())),

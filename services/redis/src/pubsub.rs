@@ -12,6 +12,13 @@
 //! the same sockets get everything, once, in order. An epoch change means
 //! the room's history was lost: its local clients are told to resync.
 //!
+//! One room's trouble stays that room's: a room whose stream cannot be read
+//! when it is first subscribed is refused (its joining client gets an error
+//! and retries) while the session and every other room go on; a failure of
+//! the pub/sub connection itself, or of the catch-up right after a
+//! reconnect (Redis as a whole, most likely), starts the session over. Subscription requests wait in a bounded queue
+//! (`broker::COMMAND_QUEUE`); past it a subscribe is refused at once.
+//!
 //! Health is a round trip, not a PING: every second the task publishes to
 //! its node's own channel through the command connections, in a script that
 //! also writes a key (so a Redis that relays publishes but refuses the
@@ -64,7 +71,7 @@ pub struct PubSubSession {
     history: RedisHistory,
     hub: Arc<Hub>,
     node: String,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     cursors: HashMap<RoomId, Cursor>,
     shutdown: CancellationToken,
@@ -77,6 +84,15 @@ impl std::fmt::Debug for PubSubSession {
             .field("rooms", &self.cursors.len())
             .finish()
     }
+}
+
+/// Why a subscription could not start.
+#[derive(Debug)]
+enum SubscribeFailure {
+    /// The pub/sub connection failed: the session starts over.
+    Session(BackendError),
+    /// The room's stream could not be read: that room alone is refused.
+    Room(BackendError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +114,7 @@ impl PubSubSession {
         redis: Redis,
         hub: Arc<Hub>,
         node: &str,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -185,6 +201,9 @@ impl PubSubSession {
             let channels: Vec<String> = rooms.iter().map(|r| self.redis.keys.channel(r)).collect();
             sink.subscribe(channels).await?;
         }
+        // Right after (re)connecting, a failed catch-up is most likely Redis
+        // as a whole (still loading its data, say): start over, with
+        // backoff, rather than resync the rooms' clients.
         for room in &rooms {
             self.catch_up(room).await?;
             self.shared.subscribed.write().insert(room.clone());
@@ -198,11 +217,26 @@ impl PubSubSession {
                 cmd = self.commands.recv() => match cmd {
                     None => return Ok(()),
                     Some(Command::Subscribe(room, reply)) => {
-                        let result = self.subscribe(&mut sink, &room).await;
-                        let failed = result.as_ref().err().map(ToString::to_string);
-                        let _ = reply.send(result);
-                        if let Some(e) = failed {
-                            return Err(PubSubError::Backend(BackendError::Unavailable(e)));
+                        match self.subscribe(&mut sink, &room).await {
+                            Ok(()) => {
+                                let _ = reply.send(Ok(()));
+                            }
+                            // The pub/sub connection itself failed: start over.
+                            Err(SubscribeFailure::Session(e)) => {
+                                let _ = reply.send(Err(e.clone()));
+                                return Err(PubSubError::Backend(e));
+                            }
+                            // Only this room's stream could not be read: this
+                            // room's joiner is refused (and retries), nothing
+                            // else is touched. The channel is left again, as
+                            // nothing would deliver from it.
+                            Err(SubscribeFailure::Room(e)) => {
+                                tracing::warn!(%room, error = %e, "cannot start this room's stream; refusing its subscription alone");
+                                let _ = reply.send(Err(e));
+                                if !self.shared.subscribed.read().contains(&room) {
+                                    sink.unsubscribe(self.redis.keys.channel(&room)).await?;
+                                }
+                            }
                         }
                     }
                     Some(Command::Unsubscribe(room)) => {
@@ -278,7 +312,7 @@ impl PubSubSession {
         &mut self,
         sink: &mut PubSubSink,
         room: &RoomId,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), SubscribeFailure> {
         if self.shared.subscribed.read().contains(room) {
             return Ok(());
         }
@@ -287,11 +321,13 @@ impl PubSubSession {
             sink.subscribe(self.redis.keys.channel(room)),
         )
         .await
-        .map_err(|_| BackendError::Unavailable("subscribe timed out".into()))?
-        .map_err(unavailable)?;
+        .map_err(|_| {
+            SubscribeFailure::Session(BackendError::Unavailable("subscribe timed out".into()))
+        })?
+        .map_err(|e| SubscribeFailure::Session(unavailable(e)))?;
         // The cursor starts where the stream is now: what comes later
         // arrives on the subscription, which is already active.
-        self.catch_up(room).await?;
+        self.catch_up(room).await.map_err(SubscribeFailure::Room)?;
         self.shared.subscribed.write().insert(room.clone());
         Ok(())
     }

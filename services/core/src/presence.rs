@@ -16,6 +16,12 @@ use roomcast_protocol::{PresenceUser, RoomId, UserId};
 use crate::BackendError;
 use crate::broker::Broker;
 
+/// The cluster-wide key of connection `conn` of `node`: `<node>/<conn>`
+/// (node ids cannot contain `/`).
+pub fn conn_key(node: &str, conn: u64) -> String {
+    format!("{node}/{conn}")
+}
+
 /// Cluster-wide presence.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {

@@ -129,8 +129,8 @@ impl Authenticator {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let c: Claims = serde_json::from_value(data.claims.clone())
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        // Typed fields read from the claims in place (no copy).
+        let c = Claims::deserialize(&data.claims).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = UserId::parse(&c.sub)
             .map_err(|e| AuthError::Invalid(format!("sub is not a valid user id: {e}")))?;
         let rooms = c

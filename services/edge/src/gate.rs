@@ -149,12 +149,10 @@ pub async fn admit(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             return refuse(&app, "rate_limited", too_many(wait));
         }
     }
+    // (`/metrics`, the one refusal not counted, took its own path above.)
     if let Err(denied) = app.access.decide(&caller, op) {
-        if denied.reason != "not_found" {
-            tracing::debug!(caller = denied.caller, %path, reason = denied.reason, "request refused");
-            return refuse(&app, denied.reason, denied.error);
-        }
-        return denied.error.into_response();
+        tracing::debug!(caller = denied.caller, %path, reason = denied.reason, "request refused");
+        return refuse(&app, denied.reason, denied.error);
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

@@ -78,23 +78,31 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
 
     /// Takes a token for `key`; `Err(seconds to wait)` when it has none.
     pub fn take(&self, key: &K, now: Instant) -> Result<(), u64> {
+        let (rate, burst) = (self.rate, self.burst);
+        let take = |b: &mut Bucket| {
+            if b.take(rate, burst, now) {
+                Ok(())
+            } else {
+                Err(b.wait_secs(rate))
+            }
+        };
         let mut shard = self.map.shard(key).write();
-        if shard.len() >= MAX_KEYS && !shard.contains_key(key) {
+        // A known key is found by reference: no clone on every frame.
+        if let Some(bucket) = shard.get_mut(key) {
+            return take(bucket);
+        }
+        if shard.len() >= MAX_KEYS {
             // Full buckets belong to keys idle for at least burst/rate.
-            let (rate, burst) = (self.rate, self.burst);
             shard.retain(|_, b| {
                 b.refill(rate, burst, now);
                 b.tokens < burst
             });
         }
-        let bucket = shard
-            .entry(key.clone())
-            .or_insert_with(|| Bucket::full(self.burst, now));
-        if bucket.take(self.rate, self.burst, now) {
-            Ok(())
-        } else {
-            Err(bucket.wait_secs(self.rate))
-        }
+        take(
+            shard
+                .entry(key.clone())
+                .or_insert_with(|| Bucket::full(burst, now)),
+        )
     }
 }
 

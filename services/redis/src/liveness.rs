@@ -17,6 +17,7 @@
 //! that renews a lapsed lease nobody swept has lost nothing and keeps its
 //! sockets; only a node that was swept tells its clients to resync.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::client::{Redis, unavailable};
 use crate::envelope;
 use crate::presence::{RedisPresence, node_entry};
 use crate::scripts::{LEASE, LOCK, SWEEP_NODE};
-use roomcast_core::presence::Presence;
+use roomcast_core::presence::{Presence, conn_key};
 
 /// Lease and sweep timing.
 #[derive(Debug, Clone, Copy)]
@@ -120,20 +121,11 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
     // Redis first, the hub second: an entry exists only after its
     // connection joined the hub, so a live connection is always in the
     // snapshot taken afterwards.
-    let entries: Vec<String> = redis
-        .timed(async {
-            let mut c = redis.conn().await?;
-            redis::cmd("SMEMBERS")
-                .arg(redis.keys.node_conns(node))
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)
-        })
-        .await?;
-    let live: std::collections::HashSet<String> = hub
+    let entries = node_entries(redis, node).await?;
+    let live: HashSet<String> = hub
         .local_connections()
         .into_iter()
-        .map(|(room, user, conn)| node_entry(&room, &user, &format!("{node}/{conn}")))
+        .map(|(room, user, conn)| node_entry(&room, &user, &conn_key(node, conn)))
         .collect();
     let presence = RedisPresence::new(redis.clone());
     let mut removed = 0;
@@ -173,7 +165,29 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
 /// back after a history reset, say) keep going. If the entries cannot be
 /// read, every connection resyncs.
 async fn resync_swept(redis: &Redis, node: &str, hub: &Hub) -> usize {
-    let entries: Result<std::collections::HashSet<String>, BackendError> = redis
+    match node_entries(redis, node).await {
+        Ok(entries) => {
+            // Connection ids are unique on a node.
+            let registered: HashSet<ConnId> = hub
+                .local_connections()
+                .into_iter()
+                .filter(|(room, user, conn)| {
+                    entries.contains(&node_entry(room, user, &conn_key(node, *conn)))
+                })
+                .map(|(_, _, conn)| conn)
+                .collect();
+            hub.kill_where(|_, conn| !registered.contains(&conn), KillReason::Resync)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this node's presence entries; resyncing every connection");
+            hub.kill_all(KillReason::Resync)
+        }
+    }
+}
+
+/// The presence entries `node` holds (`presence::node_entry`).
+async fn node_entries(redis: &Redis, node: &str) -> Result<HashSet<String>, BackendError> {
+    redis
         .timed(async {
             let mut c = redis.conn().await?;
             redis::cmd("SMEMBERS")
@@ -182,27 +196,7 @@ async fn resync_swept(redis: &Redis, node: &str, hub: &Hub) -> usize {
                 .await
                 .map_err(unavailable)
         })
-        .await;
-    match entries {
-        Ok(entries) => {
-            let registered: std::collections::HashSet<(String, ConnId)> = hub
-                .local_connections()
-                .into_iter()
-                .filter(|(room, user, conn)| {
-                    entries.contains(&node_entry(room, user, &format!("{node}/{conn}")))
-                })
-                .map(|(room, _, conn)| (room.to_string(), conn))
-                .collect();
-            hub.kill_where(
-                |room, conn| !registered.contains(&(room.to_string(), conn)),
-                KillReason::Resync,
-            )
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read this node's presence entries; resyncing every connection");
-            hub.kill_all(KillReason::Resync)
-        }
-    }
+        .await
 }
 
 /// Holds this node's lease until shutdown. First clears what an earlier

@@ -82,7 +82,7 @@ pub fn run(
             .connection(admission.room.as_str(), admission.user.user_id.as_str()),
         rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
         write_timeout: Duration::from_millis(w.write_timeout_ms),
-        conn_key: format!("{}/{conn_id}", app.node_id),
+        conn_key: roomcast_core::presence::conn_key(&app.node_id, conn_id),
         outbox: Arc::new(Outbox::new(w.outbound_queue)),
         app,
         ws,

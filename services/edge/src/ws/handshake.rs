@@ -118,31 +118,30 @@ async fn handshake(
     }
     // Per client address, before any work: a caller opening sockets in a
     // loop is stopped here (HTTP 429), whoever it claims to be.
-    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
-    let addr_seat = match peer {
-        Some(peer) => {
-            let addr = app.client_addr(peer, req.headers());
-            match app.conns_by_addr.enter(addr) {
-                Some(seat) => Some(seat),
-                None => {
-                    app.metrics
-                        .handshakes_refused
-                        .with_label_values(&["address_limit"])
-                        .inc();
-                    return ApiError::TooManyRequests(
-                        "too many connections from this address".into(),
-                        1,
-                    )
-                    .into_response();
-                }
+    let client = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| app.client_addr(p.0.ip(), req.headers()));
+    let addr_seat = match client {
+        Some(addr) => match app.conns_by_addr.enter(addr) {
+            Some(seat) => Some(seat),
+            None => {
+                app.metrics
+                    .handshakes_refused
+                    .with_label_values(&["address_limit"])
+                    .inc();
+                return ApiError::TooManyRequests(
+                    "too many connections from this address".into(),
+                    1,
+                )
+                .into_response();
             }
-        }
+        },
         None => None,
     };
     let Some(slot) = app.reserve_slot() else {
         return unavailable(&app, "capacity", "node at connection capacity");
     };
-    let client = peer.map(|p| app.client_addr(p, req.headers()));
     let verdict = match admit(&app, &room, url_user, &query, req.headers(), client).await {
         Ok(v) => v,
         Err(e) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::broker::{Broker, MemoryBroker};
+use crate::events::{EventQueue, MemoryEvents, Recording};
 use crate::history::{History, HistoryOptions, MemoryHistory};
 use crate::hub::Hub;
 use crate::presence::{MemoryPresence, Presence};
@@ -17,6 +18,8 @@ pub struct Backend {
     pub history: Arc<dyn History>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// Webhook events waiting for delivery (when the backend records any).
+    pub events: Option<Arc<dyn EventQueue>>,
     pub stats: Arc<BackendStats>,
 }
 
@@ -67,19 +70,31 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// The embedded single-node backend: everything in this process's memory,
     /// delivering straight into `hub`, keeping history as `history` says
-    /// and at most `max_users` users and `max_rooms` rooms.
+    /// at most `max_users` users and `max_rooms` rooms, and queueing the
+    /// webhook events `recording` names.
     pub fn memory(
         hub: Arc<Hub>,
         node_id: &str,
         history: HistoryOptions,
         (max_users, max_rooms): (usize, usize),
+        recording: Recording,
     ) -> Backend {
         let history = Arc::new(MemoryHistory::new(history));
+        let events = recording
+            .is_on()
+            .then(|| Arc::new(MemoryEvents::new(recording)));
+        let mut broker = MemoryBroker::new(history.clone(), hub, node_id);
+        let mut presence = MemoryPresence::default();
+        if let Some(q) = &events {
+            broker = broker.with_events(q.clone());
+            presence = MemoryPresence::with_events(q.clone());
+        }
         Backend {
             store: Arc::new(MemoryStore::new(max_users, max_rooms)),
-            broker: Arc::new(MemoryBroker::new(history.clone(), hub, node_id)),
+            broker: Arc::new(broker),
             history,
-            presence: Arc::new(MemoryPresence::default()),
+            presence: Arc::new(presence),
+            events: events.map(|q| q as Arc<dyn EventQueue>),
             stats: BackendStats::up(),
         }
     }

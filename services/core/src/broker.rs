@@ -18,6 +18,7 @@ use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 
 use crate::BackendError;
 use crate::envelope::Envelope;
+use crate::events::{Event, MemoryEvents};
 use crate::history::MemoryHistory;
 use crate::hub::Hub;
 
@@ -108,6 +109,7 @@ pub struct MemoryBroker {
     history: Arc<MemoryHistory>,
     hub: Arc<Hub>,
     node: Arc<str>,
+    events: Option<Arc<MemoryEvents>>,
 }
 
 impl MemoryBroker {
@@ -116,6 +118,15 @@ impl MemoryBroker {
             history,
             hub,
             node: node.into(),
+            events: None,
+        }
+    }
+
+    /// Queues a `message_stored` webhook event for every new message.
+    pub fn with_events(self, events: Arc<MemoryEvents>) -> Self {
+        Self {
+            events: Some(events),
+            ..self
         }
     }
 }
@@ -132,11 +143,16 @@ impl Broker for MemoryBroker {
         let trace: Option<Arc<str>> = draft.trace.as_deref().map(Into::into);
         let draft = draft.into_message(new_message_id(), 0, now);
         // Delivery runs inside the room's history lock, so two concurrent
-        // publishes reach every member in offset order.
+        // publishes reach every member in offset order (and their events
+        // are queued in that order).
         let (message, duplicate) = self.history.append(&room, draft, |msg| {
+            let frame = msg.to_frame_json();
+            if let Some(q) = &self.events {
+                q.push(Event::message(&room, frame.clone()));
+            }
             self.hub.deliver(&Envelope {
                 room: room.clone(),
-                frame: Bytes::from(msg.to_frame_json()),
+                frame: Bytes::from(frame),
                 offset: msg.offset,
                 exclude_user: None,
                 origin_node: self.node.clone(),

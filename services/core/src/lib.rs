@@ -3,6 +3,7 @@
 //! - [`store`], [`history`], [`broker`], [`presence`]: the small backend
 //!   traits, each with an in-memory implementation here and a Redis one in
 //!   `roomcast-redis`. [`Backend`] bundles one of each.
+//! - [`events`]: webhook events and the queue they wait in for delivery.
 //! - [`hub`]: this node's map from rooms to local connections. It hands each
 //!   connection `Bytes` through its [`outbox`] (a bounded queue and a kill
 //!   switch) and never sees a socket.
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod broker;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod history;
 pub mod hub;
 pub mod outbox;

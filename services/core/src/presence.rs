@@ -15,6 +15,7 @@ use roomcast_protocol::{PresenceUser, RoomId, UserId};
 
 use crate::BackendError;
 use crate::broker::Broker;
+use crate::events::{Event, EventName, MemoryEvents};
 
 /// The cluster-wide key of connection `conn` of `node`: `<node>/<conn>`
 /// (node ids cannot contain `/`).
@@ -83,15 +84,41 @@ pub trait Presence: Send + Sync + 'static {
 ///
 /// One mutex for all rooms: presence changes once per connect and
 /// disconnect, not per message, and no lock is held across an `.await`.
+/// Webhook events are queued under the same lock as the change they
+/// report, so they come out in the order the changes happened.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
-    rooms: Mutex<HashMap<RoomId, HashMap<UserId, Online>>>,
+    state: Mutex<State>,
+    events: Option<std::sync::Arc<MemoryEvents>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rooms: HashMap<RoomId, HashMap<UserId, Online>>,
+    /// Connections of each user in any room (for user online/offline).
+    users: HashMap<UserId, usize>,
 }
 
 #[derive(Debug)]
 struct Online {
     username: String,
     conns: HashSet<String>,
+}
+
+impl MemoryPresence {
+    /// Presence that queues its webhook events in `events`.
+    pub fn with_events(events: std::sync::Arc<MemoryEvents>) -> Self {
+        Self {
+            state: Mutex::default(),
+            events: Some(events),
+        }
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(q) = &self.events {
+            q.push(event());
+        }
+    }
 }
 
 #[async_trait]
@@ -102,7 +129,9 @@ impl Presence for MemoryPresence {
         user: &PresenceUser,
         conn: &str,
     ) -> Result<bool, BackendError> {
-        let mut rooms = self.rooms.lock();
+        let mut state = self.state.lock();
+        let State { rooms, users } = &mut *state;
+        let occupied = !rooms.contains_key(room);
         let online = rooms
             .entry(room.clone())
             .or_default()
@@ -112,30 +141,60 @@ impl Presence for MemoryPresence {
                 conns: HashSet::new(),
             });
         // Re-adding a connection that is already there is no news.
-        Ok(online.conns.insert(conn.to_owned()) && online.conns.len() == 1)
+        if !online.conns.insert(conn.to_owned()) {
+            return Ok(false);
+        }
+        let first = online.conns.len() == 1;
+        let anywhere = users.entry(user.user_id.clone()).or_default();
+        *anywhere += 1;
+        let id = &user.user_id;
+        if *anywhere == 1 {
+            self.emit(|| Event::user(EventName::UserOnline, id));
+        }
+        if occupied {
+            self.emit(|| Event::room(EventName::RoomOccupied, room));
+        }
+        if first {
+            self.emit(|| Event::member(EventName::MemberJoined, room, id, &user.username));
+        }
+        Ok(first)
     }
 
     async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
-        let mut rooms = self.rooms.lock();
-        let Some(users) = rooms.get_mut(room) else {
+        let mut state = self.state.lock();
+        let State { rooms, users } = &mut *state;
+        let Some(members) = rooms.get_mut(room) else {
             return Ok(false);
         };
-        let Some(online) = users.get_mut(user) else {
+        let Some(online) = members.get_mut(user) else {
             return Ok(false);
         };
-        if !online.conns.remove(conn) || !online.conns.is_empty() {
+        if !online.conns.remove(conn) {
             return Ok(false);
         }
-        users.remove(user);
-        if users.is_empty() {
-            rooms.remove(room);
+        let last = online.conns.is_empty();
+        if last {
+            let username = members.remove(user).map(|o| o.username).unwrap_or_default();
+            self.emit(|| Event::member(EventName::MemberLeft, room, user, &username));
+            if members.is_empty() {
+                rooms.remove(room);
+                self.emit(|| Event::room(EventName::RoomVacated, room));
+            }
         }
-        Ok(true)
+        if let Some(n) = users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(user);
+                self.emit(|| Event::user(EventName::UserOffline, user));
+            }
+        }
+        Ok(last)
     }
 
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError> {
-        let rooms = self.rooms.lock();
-        let mut users: Vec<PresenceUser> = rooms
+        let state = self.state.lock();
+        let mut users: Vec<PresenceUser> = state
+            .rooms
             .get(room)
             .into_iter()
             .flat_map(|u| u.iter())
@@ -149,6 +208,12 @@ impl Presence for MemoryPresence {
     }
 
     async fn online_count(&self) -> Result<u64, BackendError> {
-        Ok(self.rooms.lock().values().map(|u| u.len() as u64).sum())
+        Ok(self
+            .state
+            .lock()
+            .rooms
+            .values()
+            .map(|u| u.len() as u64)
+            .sum())
     }
 }

@@ -87,7 +87,13 @@ impl Deps {
             hub,
         } = observed_hub(&settings)?;
         let limits = (settings.limits.max_users, settings.limits.max_rooms);
-        let backend = Backend::memory(hub.clone(), &node_id, settings.history_options(), limits);
+        let backend = Backend::memory(
+            hub.clone(),
+            &node_id,
+            settings.history_options(),
+            limits,
+            settings.webhook_recording(),
+        );
         Ok(Deps {
             settings,
             node_id,
@@ -121,6 +127,7 @@ impl Deps {
             timing: settings.presence_timing(),
             lease: true,
             sweeper: settings.presence.sweeper,
+            events: settings.webhook_recording(),
         };
         let (backend, tasks) = roomcast_redis::start(&opts, hub.clone(), backend_shutdown)
             .map_err(|e| ConfigError {

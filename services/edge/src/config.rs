@@ -43,6 +43,7 @@ pub struct Settings {
     pub presence: PresenceSettings,
     pub limits: LimitSettings,
     pub hooks: HookSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
 }
 
@@ -221,6 +222,33 @@ impl Settings {
         }
     }
 
+    /// The webhook events sent (validated at load).
+    pub fn webhook_events(&self) -> Vec<roomcast_core::events::EventName> {
+        use roomcast_core::events::EventName;
+        if self.webhooks.url.is_none() {
+            return Vec::new();
+        }
+        let list = self.webhooks.events.trim();
+        if list == "*" {
+            return EventName::ALL.to_vec();
+        }
+        list.split(',')
+            .filter_map(|n| EventName::parse(n.trim()))
+            .collect()
+    }
+
+    /// Which webhook events the backend records: those sent, nothing
+    /// without `webhooks.url`.
+    pub fn webhook_recording(&self) -> roomcast_core::events::Recording {
+        use roomcast_core::events::EventName;
+        let events = self.webhook_events();
+        roomcast_core::events::Recording {
+            messages: events.contains(&EventName::MessageStored),
+            presence: events.iter().any(|e| *e != EventName::MessageStored),
+            max_queue: self.webhooks.max_queue,
+        }
+    }
+
     /// Lease and sweep timing of the Redis backend.
     pub fn presence_timing(&self) -> roomcast_redis::Timing {
         let p = &self.presence;
@@ -250,6 +278,7 @@ impl Settings {
         mask(&mut s.auth.jwt_secret);
         mask(&mut s.auth.server_api_key);
         mask(&mut s.hooks.secret);
+        mask(&mut s.webhooks.secret);
         if let Some(url) = &mut s.redis.url {
             *url = mask_url_password(url);
         }

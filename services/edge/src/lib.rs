@@ -11,6 +11,7 @@
 //! - [`ws`]: the WebSocket handshake and the per-connection task.
 //! - [`access`]: the access table (who may call which route).
 //! - [`hooks`]: the application's connect and publish hooks.
+//! - [`webhooks`]: the dispatcher that delivers the backend's events.
 //! - [`limits`]: per-caller limits (rates, connection counts, client address).
 //! - [`auth`]: JWT and origin checks.
 //! - [`metrics`]: Prometheus metrics.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod rest;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;
 pub mod ws;
 
 pub use app::Deps;

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub requests_refused: IntCounterVec,
     pub hook_calls: IntCounterVec,
     pub hook_duration: prometheus::HistogramVec,
+    pub webhook_events: IntCounter,
+    pub webhook_queue: IntGauge,
+    pub webhook_leader: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -188,7 +191,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "roomcast_hook_calls_total",
-                        "Calls to the application's hooks, by hook and outcome (allow, deny, accept, replace, reject, error).",
+                        "Calls to the application's hooks (connect, publish) and webhook POSTs (webhook), by outcome (allow, deny, accept, replace, reject, delivered, error).",
                     ),
                     &["hook", "outcome"],
                 )
@@ -203,6 +206,30 @@ impl Metrics {
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                     &["hook"],
+                )
+                .expect("valid"),
+            ),
+            webhook_events: reg(
+                &r,
+                IntCounter::new(
+                    "roomcast_webhook_events_delivered_total",
+                    "Webhook events this node delivered (answered 2xx).",
+                )
+                .expect("valid"),
+            ),
+            webhook_queue: reg(
+                &r,
+                IntGauge::new(
+                    "roomcast_webhook_queue_length",
+                    "Webhook events waiting for delivery, as the dispatching node last saw (0 elsewhere).",
+                )
+                .expect("valid"),
+            ),
+            webhook_leader: reg(
+                &r,
+                IntGauge::new(
+                    "roomcast_webhook_leader",
+                    "1 on the node that delivers webhooks.",
                 )
                 .expect("valid"),
             ),
@@ -224,6 +251,7 @@ impl Metrics {
         for (hook, outcomes) in [
             ("connect", &["allow", "deny", "error"][..]),
             ("publish", &["accept", "replace", "reject", "error"][..]),
+            ("webhook", &["delivered", "error"][..]),
         ] {
             for outcome in outcomes {
                 m.hook_calls.with_label_values(&[hook, outcome]);

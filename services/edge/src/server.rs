@@ -44,6 +44,16 @@ pub async fn run(
         auth = app.auth.enabled(),
         "roomcast edge listening"
     );
+    // Webhooks keep flowing through the drain (its connections' events are
+    // events too) and get one last pass after it.
+    let webhooks_stop = CancellationToken::new();
+    let webhooks = crate::webhooks::Dispatcher::new(
+        &app.settings,
+        app.backend.events.clone(),
+        &app.node_id,
+        app.metrics.clone(),
+    )
+    .map(|d| tokio::spawn(d.run(webhooks_stop.clone())));
     let router = rest::router(app.clone());
     if let Some(port) = app.settings.server.metrics_port {
         let addr = format!("{}:{port}", app.settings.server.host);
@@ -128,6 +138,10 @@ pub async fn run(
     match drained {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("grace period over; exiting with connections still open"),
+    }
+    webhooks_stop.cancel();
+    if let Some(task) = webhooks {
+        let _ = task.await;
     }
     Ok(())
 }

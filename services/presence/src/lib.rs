@@ -38,6 +38,8 @@ pub struct Options {
     pub redis_url: String,
     pub key_prefix: String,
     pub timing: Timing,
+    /// The webhook events the sweep records (those the edges record).
+    pub events: roomcast_core::events::Recording,
 }
 
 impl Options {
@@ -71,6 +73,7 @@ impl Options {
             redis_url,
             key_prefix: settings.redis.key_prefix.clone(),
             timing: settings.presence_timing(),
+            events: settings.webhook_recording(),
         })
     }
 }
@@ -88,10 +91,12 @@ pub async fn run(
     opts: Options,
     shutdown: CancellationToken,
 ) -> Result<(), ConfigError> {
-    let redis = Redis::new(&opts.redis_url, &opts.key_prefix, 4).map_err(|e| ConfigError {
-        name: "REDIS_URL (redis.url)".into(),
-        problem: e.to_string(),
-    })?;
+    let redis = Redis::new(&opts.redis_url, &opts.key_prefix, 4)
+        .map_err(|e| ConfigError {
+            name: "REDIS_URL (redis.url)".into(),
+            problem: e.to_string(),
+        })?
+        .with_recording(opts.events);
     let stats = Arc::new(BackendStats::default());
     let registry = Registry::new();
     registry

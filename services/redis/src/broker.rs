@@ -92,7 +92,8 @@ impl Broker for RedisBroker {
         invocation
             .key(k.seq(&room))
             .key(k.log(&room))
-            .key(k.epoch(&room));
+            .key(k.epoch(&room))
+            .key(k.events());
         if let Some(client_id) = &msg.client_id {
             invocation.key(k.published(&room, &msg.user_id, client_id));
         }
@@ -107,7 +108,9 @@ impl Broker for RedisBroker {
             .arg(header.tail)
             .arg(self.history.dedupe_window.as_millis() as u64)
             .arg(&msg.id)
-            .arg(now.as_micros());
+            .arg(now.as_micros())
+            .arg(self.redis.events_maxlen(true))
+            .arg(room.as_str());
         let reply: redis::Value = self
             .redis
             .timed_write(async {

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use roomcast_core::BackendError;
+use roomcast_core::events::Recording;
 
 use crate::keys::Keys;
 
@@ -67,6 +68,8 @@ pub struct Redis {
     lanes: Arc<Lanes>,
     pub keys: Keys,
     pub client: redis::Client,
+    /// Which webhook events this process's scripts record.
+    pub recording: Recording,
 }
 
 struct Lanes {
@@ -178,7 +181,28 @@ impl Redis {
             lanes: Arc::new(lanes),
             keys: Keys::new(prefix),
             client,
+            recording: Recording::OFF,
         })
+    }
+
+    /// The same Redis, with scripts recording the webhook events `r` names.
+    pub fn with_recording(self, r: Recording) -> Redis {
+        Redis {
+            recording: r,
+            ..self
+        }
+    }
+
+    /// The events-stream maxlen a script takes: `0` when the events of
+    /// this kind (`messages`, or presence) are not recorded.
+    pub fn events_maxlen(&self, messages: bool) -> String {
+        let r = &self.recording;
+        let on = if messages { r.messages } else { r.presence };
+        if on {
+            r.max_queue.max(1).to_string()
+        } else {
+            "0".to_owned()
+        }
     }
 
     /// A connection to run commands on: the next lane's, or a fresh one

@@ -106,6 +106,25 @@ impl Keys {
     pub fn presence_rooms(&self) -> String {
         self.k(&["presrooms"])
     }
+    /// SET of connection keys of one user in any room (online anywhere).
+    pub fn user_conns(&self, user: &UserId) -> String {
+        self.k(&["uconn", user.as_str()])
+    }
+    /// The prefix the sweep script puts before a user id to make
+    /// [`user_conns`](Self::user_conns).
+    pub fn user_conns_prefix(&self) -> String {
+        self.k(&["uconn", ""])
+    }
+    /// STREAM of webhook events waiting for delivery (consumer group
+    /// `webhooks`): fields `n` name, `r` room, `u` user, `un` username,
+    /// `m` message frame.
+    pub fn events(&self) -> String {
+        self.k(&["events"])
+    }
+    /// The webhook dispatcher's lease: who delivers.
+    pub fn events_leader(&self) -> String {
+        self.k(&["events", "leader"])
+    }
     /// SET of `room user conn` entries a node holds, for the sweeper.
     pub fn node_conns(&self, node: &str) -> String {
         self.k(&["nodeconns", node])
@@ -141,6 +160,10 @@ mod tests {
         assert_eq!(
             format!("{pconn}{room}{sep}{user}"),
             k.presence_conns(&room, &user)
+        );
+        assert_eq!(
+            format!("{}{user}", k.user_conns_prefix()),
+            k.user_conns(&user)
         );
     }
 }

@@ -10,10 +10,12 @@
 //!   connection with resubscribe, gap backfill and the round-trip health check.
 //! - [`liveness`]: node leases and the sweeper for dead nodes' presence.
 //! - [`envelope`]: the wire format between nodes.
+//! - [`events`]: the webhook events queue (a stream with a consumer group).
 
 pub mod broker;
 pub mod client;
 pub mod envelope;
+pub mod events;
 pub mod history;
 pub mod keys;
 pub mod liveness;
@@ -46,6 +48,8 @@ pub struct RedisOptions {
     pub lease: bool,
     /// Also run the dead-node sweeper in this process.
     pub sweeper: bool,
+    /// The webhook events this process's scripts record.
+    pub events: roomcast_core::events::Recording,
 }
 
 /// The background tasks of a Redis backend.
@@ -70,7 +74,8 @@ pub fn start(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> Result<(Backend, RedisTasks), BackendError> {
-    let redis = Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?;
+    let redis =
+        Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?.with_recording(opts.events);
     let stats = Arc::new(BackendStats::default());
     let shared = Arc::new(broker::Shared {
         stats: stats.clone(),
@@ -91,6 +96,10 @@ pub fn start(
             redis.clone(),
             stats.clone(),
         )),
+        events: opts.events.is_on().then(|| {
+            Arc::new(events::RedisEvents::new(redis.clone()))
+                as Arc<dyn roomcast_core::events::EventQueue>
+        }),
         stats: stats.clone(),
     };
     let tracker = TaskTracker::new();

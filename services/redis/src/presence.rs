@@ -84,11 +84,14 @@ impl RedisPresence {
             .key(k.presence(room))
             .key(k.node_conns(node_of(conn)))
             .key(k.presence_rooms())
+            .key(k.user_conns(user))
+            .key(k.events())
             .arg(conn)
             .arg(user.as_str())
             .arg(username)
             .arg(node_entry(room, user, conn))
-            .arg(room.as_str());
+            .arg(room.as_str())
+            .arg(self.redis.events_maxlen(false));
         invocation
     }
 

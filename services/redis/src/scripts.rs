@@ -8,20 +8,35 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Records a webhook event (see `roomcast_core::events`) in the events
+/// stream `stream`, unless `maxlen` is `'0'` (not recording). The fields
+/// after `maxlen` are the event's: `n` name, `r` room, `u` user, `un`
+/// username, `m` message frame. Shared by every script that decides
+/// something an event reports, so that the event exists exactly when the
+/// change does.
+const EVENT_LUA: &str = r"
+local function event(stream, maxlen, ...)
+  if maxlen ~= '0' then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+  end
+end
+";
+
 /// Stores and publishes one message, once per `(room, sender, client_id)`.
-/// KEYS: seq, log, epoch, and the publish's de-duplication key when it has a
-/// `client_id`. ARGV: max_len, epoch candidate, channel, frame before the
-/// offset, frame after it, envelope head, mid and tail (see
-/// `envelope::ScriptHeader`), de-duplication window (ms), message id,
-/// timestamp (micros).
+/// KEYS: seq, log, epoch, events stream, and the publish's de-duplication
+/// key when it has a `client_id`. ARGV: max_len, epoch candidate, channel,
+/// frame before the offset, frame after it, envelope head, mid and tail
+/// (see `envelope::ScriptHeader`), de-duplication window (ms), message id,
+/// timestamp (micros), events maxlen (`0`: no `message_stored` event), room.
 /// Returns `{0, offset, epoch}` for a new message, or `{1, offset, epoch,
 /// stored frame or '', id, timestamp}` when the key shows it was published
 /// before (nothing is stored or sent again).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{EVENT_LUA}{}",
         r"
-if KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
+if KEYS[5] then
+  local first = redis.call('GET', KEYS[5])
   if first then
     local offset, id, ts = string.match(first, '^(%d+) (%S+) (%d+)$')
     local epoch = redis.call('GET', KEYS[3]) or ''
@@ -37,12 +52,13 @@ local epoch = redis.call('GET', KEYS[3])
 local frame = ARGV[4] .. offset .. ARGV[5]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame)
 redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame)
-if KEYS[4] then
-  redis.call('SET', KEYS[4], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
+if KEYS[5] then
+  redis.call('SET', KEYS[5], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
 end
+event(KEYS[4], ARGV[12], 'n', 'message_stored', 'r', ARGV[13], 'm', frame)
 return {0, offset, epoch}
-",
-    )
+"
+    ))
 });
 
 /// Reads one chunk of history and the position in one atomic step.
@@ -106,51 +122,89 @@ return redis.call('HMGET', KEYS[1], 'name', 'created_at')
     )
 });
 
-/// Adds a connection to presence. KEYS: pconn, pres, nodeconns, presrooms.
-/// ARGV: conn, user, username, nodeconns entry, room. Returns 1 when it is
-/// the user's first connection in the room.
-pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local added = redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[4])
-if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('SADD', KEYS[4], ARGV[5])
+/// The presence change steps shared by add, join, remove and the sweep.
+/// `add` and `drop` take the keys of one connection: its user's
+/// connections in the room (pconn), the room's presence hash (pres), the
+/// set of rooms with anyone online (presrooms), the user's connections in
+/// any room (uconn), and the events stream with its maxlen. They return 1
+/// when the connection was the user's first (last) in the room, recording
+/// the room, member and user events the change makes.
+const PRESENCE_LUA: &str = r"
+local function add(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, username, room)
+  if redis.call('SADD', pconn, conn) == 0 then return 0 end
+  if redis.call('SADD', uconn, conn) == 1 and redis.call('SCARD', uconn) == 1 then
+    event(stream, maxlen, 'n', 'user_online', 'u', user)
+  end
+  if redis.call('SCARD', pconn) ~= 1 then return 0 end
+  if redis.call('HLEN', pres) == 0 then
+    event(stream, maxlen, 'n', 'room_occupied', 'r', room)
+  end
+  redis.call('HSET', pres, user, username)
+  redis.call('SADD', presrooms, room)
+  event(stream, maxlen, 'n', 'member_joined', 'r', room, 'u', user, 'un', username)
   return 1
 end
-return 0
+local function drop(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, room)
+  if redis.call('SREM', pconn, conn) == 0 then return 0, nil end
+  local last, name = 0, nil
+  if redis.call('SCARD', pconn) == 0 then
+    name = redis.call('HGET', pres, user) or user
+    redis.call('HDEL', pres, user)
+    event(stream, maxlen, 'n', 'member_left', 'r', room, 'u', user, 'un', name)
+    if redis.call('HLEN', pres) == 0 then
+      redis.call('SREM', presrooms, room)
+      event(stream, maxlen, 'n', 'room_vacated', 'r', room)
+    end
+    last = 1
+  end
+  if redis.call('SREM', uconn, conn) == 1 and redis.call('SCARD', uconn) == 0 then
+    event(stream, maxlen, 'n', 'user_offline', 'u', user)
+  end
+  return last, name
+end
+";
+
+/// A presence script: the shared steps, then `body`.
+fn presence_script(body: &str) -> Script {
+    Script::new(&format!("{EVENT_LUA}{PRESENCE_LUA}{body}"))
+}
+
+/// Adds a connection to presence. KEYS: pconn, pres, nodeconns, presrooms,
+/// uconn, events stream. ARGV: conn, user, username, nodeconns entry, room,
+/// events maxlen (`0`: no events). Returns 1 when it is the user's first
+/// connection in the room.
+pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
+    presence_script(
+        r"
+redis.call('SADD', KEYS[3], ARGV[4])
+return add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
 ",
     )
 });
 
-/// Removes a connection. KEYS and ARGV as for add. Returns 1 when it was the
-/// user's last connection in the room.
+/// Removes a connection. KEYS and ARGV as for add (the username is not
+/// used). Returns 1 when it was the user's last connection in the room.
 pub static PRESENCE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    presence_script(
         r"
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[3], ARGV[4])
-if redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-  if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[4], ARGV[5]) end
-  return 1
-end
-return 0
+local last = drop(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[5])
+return last
 ",
     )
 });
 
 /// Removes every connection of a node whose lease is gone. KEYS: nodeconns,
-/// lease, nodes, presrooms. ARGV: node, force (1: sweep even with a lease,
-/// for a node sweeping its own previous life), and the presence key pieces
-/// of `Keys::presence_parts`: pres prefix, pconn prefix, separator.
+/// lease, nodes, presrooms, events stream. ARGV: node, force (1: sweep
+/// even with a lease, for a node sweeping its own previous life), the
+/// presence key pieces of `Keys::presence_parts`: pres prefix, pconn
+/// prefix, separator, uconn prefix; and the events maxlen.
 /// Returns a flat list `room, user, username, ...` of users now gone.
 ///
 /// The per-room keys are derived inside the script from the entries, so this
 /// script assumes a single Redis (not Redis Cluster).
 pub static SWEEP_NODE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    presence_script(
         r"
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local left = {}
@@ -158,11 +212,8 @@ for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local room, user, conn = string.match(e, '^(%S+) (%S+) (%S+)$')
   if room then
     local pconn = ARGV[4] .. room .. ARGV[5] .. user
-    local pres = ARGV[3] .. room
-    if redis.call('SREM', pconn, conn) == 1 and redis.call('SCARD', pconn) == 0 then
-      local name = redis.call('HGET', pres, user) or user
-      redis.call('HDEL', pres, user)
-      if redis.call('HLEN', pres) == 0 then redis.call('SREM', KEYS[4], room) end
+    local last, name = drop(pconn, ARGV[3] .. room, KEYS[4], ARGV[6] .. user, KEYS[5], ARGV[7], conn, user, room)
+    if last == 1 then
       table.insert(left, room)
       table.insert(left, user)
       table.insert(left, name)
@@ -237,20 +288,14 @@ return {2, user[1], user[2]}
 
 /// [`PRESENCE_ADD`], then everyone online: returns `{first (0/1), {user,
 /// username, user, username, ...}}`. Same KEYS and ARGV, plus optionally
-/// ARGV[6] channel and ARGV[7] payload: published when `first` (the
+/// ARGV[7] channel and ARGV[8] payload: published when `first` (the
 /// `user_joined` announcement, in the same step as the decision).
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    presence_script(
         r"
-local first = 0
-local added = redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[4])
-if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('SADD', KEYS[4], ARGV[5])
-  first = 1
-  if ARGV[7] then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
-end
+local first = add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
+if first == 1 and ARGV[8] then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return {first, redis.call('HGETALL', KEYS[2])}
 ",
     )

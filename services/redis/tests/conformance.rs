@@ -38,6 +38,7 @@ roomcast_core::backend_suite!(|| async {
             timing: Timing::default(),
             lease: false,
             sweeper: false,
+            events: roomcast_core::conformance::RECORD_ALL,
         };
         let shutdown = token.clone();
         Box::pin(async move {

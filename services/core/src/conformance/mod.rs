@@ -46,7 +46,11 @@ macro_rules! backend_suite {
             presence_counts_connections,
             re_adding_a_connection_is_no_news,
             online_users_are_counted_across_rooms,
-            a_first_join_is_announced_once
+            a_first_join_is_announced_once,
+            presence_changes_record_room_member_and_user_events,
+            stored_messages_record_one_event_each,
+            unacknowledged_events_are_read_again_first,
+            one_dispatcher_leads_at_a_time
         );
     };
     (@each $setup:expr; $($check:ident),+ $(,)?) => {$(
@@ -57,6 +61,13 @@ macro_rules! backend_suite {
         }
     )+};
 }
+
+/// What the backends under test record: every webhook event.
+pub const RECORD_ALL: crate::events::Recording = crate::events::Recording {
+    presence: true,
+    messages: true,
+    max_queue: 10_000,
+};
 
 pub(super) fn opts(max_len: usize) -> HistoryOptions {
     HistoryOptions::new(max_len)
@@ -133,10 +144,12 @@ pub(super) fn draft_from(
     }
 }
 
+mod events;
 mod messages;
 mod presence;
 mod store;
 
+pub use events::*;
 pub use messages::*;
 pub use presence::*;
 pub use store::*;
@@ -146,7 +159,13 @@ mod memory {
     crate::backend_suite!(|| async {
         let make = |hub, history| {
             Box::pin(async move {
-                crate::Backend::memory(hub, "node-test", history, (usize::MAX, usize::MAX))
+                crate::Backend::memory(
+                    hub,
+                    "node-test",
+                    history,
+                    (usize::MAX, usize::MAX),
+                    super::RECORD_ALL,
+                )
             })
                 as std::pin::Pin<Box<dyn std::future::Future<Output = crate::Backend> + Send>>
         };

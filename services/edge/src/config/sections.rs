@@ -43,6 +43,52 @@ impl Default for HookSettings {
     }
 }
 
+/// Webhooks: events POSTed to the application (see `webhooks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Where events are POSTed (`http://`); unset: no events are recorded.
+    pub url: Option<String>,
+    /// Signs every POST (`X-Roomcast-Signature`); required with `url`, at
+    /// least 16 bytes.
+    pub secret: Option<String>,
+    /// The events sent, comma-separated: room_occupied, room_vacated,
+    /// member_joined, member_left, message_stored, user_online,
+    /// user_offline, or `*` for all.
+    pub events: String,
+    /// Events in one POST at most (a batch forms only when events wait).
+    pub max_batch: usize,
+    /// How long one POST may take before it counts as failed (and is retried).
+    pub timeout_ms: u64,
+    /// Backoff between retries of a failed POST: from min, doubling, to max.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Undelivered events kept at most; past it the oldest are dropped.
+    pub max_queue: usize,
+    /// How often an idle dispatcher looks for new events.
+    pub poll_ms: u64,
+    /// The dispatcher's lease: after its holder dies, another node takes
+    /// over delivery within this time.
+    pub lease_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            events: "*".into(),
+            max_batch: 100,
+            timeout_ms: 5000,
+            retry_min_ms: 200,
+            retry_max_ms: 30_000,
+            max_queue: 1_000_000,
+            poll_ms: 100,
+            lease_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {

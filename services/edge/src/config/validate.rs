@@ -124,6 +124,7 @@ impl Settings {
         self.validate_auth()?;
         self.validate_limits()?;
         self.validate_hooks()?;
+        self.validate_webhooks()?;
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
             return Err(bad(
                 "JWT_SECRET / JWT_PUBLIC_KEY_FILE",
@@ -284,6 +285,82 @@ impl Settings {
                 format!(
                     "is {} bytes; at least {MIN_API_KEY_BYTES} are needed",
                     secret.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let w = &self.webhooks;
+        let Some(url) = &w.url else { return Ok(()) };
+        if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
+            return Err(bad(
+                "webhooks.url",
+                format!(
+                    "expected an http:// URL of the application's backend, got {url:?} \
+                     (https is not spoken here: terminate TLS in a sidecar or the mesh)"
+                ),
+            ));
+        }
+        match &w.secret {
+            None => {
+                return Err(bad(
+                    "webhooks.secret",
+                    "required with webhooks.url: every webhook is signed",
+                ));
+            }
+            Some(secret) if secret.len() < MIN_API_KEY_BYTES => {
+                return Err(bad(
+                    "webhooks.secret",
+                    format!(
+                        "is {} bytes; at least {MIN_API_KEY_BYTES} are needed",
+                        secret.len()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        let list = w.events.trim();
+        if list != "*" {
+            for name in list.split(',').map(str::trim) {
+                if roomcast_core::events::EventName::parse(name).is_none() {
+                    return Err(bad(
+                        "webhooks.events",
+                        format!(
+                            "unknown event {name:?}; expected * or a comma-separated list of {}",
+                            roomcast_core::events::EventName::ALL
+                                .map(|e| e.as_str())
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, v) in [
+            ("webhooks.max_batch", w.max_batch as u64),
+            ("webhooks.timeout_ms", w.timeout_ms),
+            ("webhooks.retry_min_ms", w.retry_min_ms),
+            ("webhooks.max_queue", w.max_queue as u64),
+            ("webhooks.poll_ms", w.poll_ms),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "expected a number greater than 0"));
+            }
+        }
+        if w.retry_max_ms < w.retry_min_ms {
+            return Err(bad(
+                "webhooks.retry_max_ms",
+                "must not be less than webhooks.retry_min_ms",
+            ));
+        }
+        if w.lease_ms < 2 * w.timeout_ms {
+            return Err(bad(
+                "webhooks.lease_ms",
+                format!(
+                    "is {} ms; at least twice webhooks.timeout_ms ({} ms) is needed, so a \
+                     leader renews its lease between two POSTs",
+                    w.lease_ms, w.timeout_ms
                 ),
             ));
         }

@@ -253,6 +253,7 @@ impl Metrics {
             ("publish", &["accept", "replace", "reject", "error"][..]),
             ("webhook", &["delivered", "error"][..]),
         ] {
+            m.hook_duration.with_label_values(&[hook]);
             for outcome in outcomes {
                 m.hook_calls.with_label_values(&[hook, outcome]);
             }

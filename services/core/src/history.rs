@@ -18,25 +18,28 @@ use async_trait::async_trait;
 use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 
 use crate::BackendError;
+use crate::retention::{Retention, Rules};
 use crate::shard::Sharded;
 
 /// The most messages one history read returns.
 pub const MAX_LIMIT: usize = 1000;
 
 /// How much a backend keeps per room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryOptions {
-    /// Messages kept per room.
+    /// Messages kept per room (unless a retention rule says otherwise).
     pub max_len: usize,
     /// Embedded backend: bytes of messages kept per room and in all rooms
     /// (the oldest go first). A Redis deployment bounds memory with Redis's
-    /// own `maxmemory`.
+    /// own `maxmemory` (and retention rules' `bytes=`).
     pub max_room_bytes: usize,
     pub max_total_bytes: usize,
     /// How long a publish is remembered by `(room, sender, client_id)`, so
     /// that a retry of it returns the first result instead of storing the
     /// message again.
     pub dedupe_window: Duration,
+    /// Count, byte and age bounds per room-name pattern.
+    pub retention: Rules,
 }
 
 impl HistoryOptions {
@@ -47,8 +50,20 @@ impl HistoryOptions {
             max_room_bytes: 64 << 20,
             max_total_bytes: 512 << 20,
             dedupe_window: Duration::from_secs(300),
+            retention: Rules::default(),
         }
     }
+
+    /// What `room` keeps.
+    pub fn for_room(&self, room: &RoomId) -> Retention {
+        self.retention.for_room(room, self.max_len)
+    }
+}
+
+/// The timestamp before which a message is past `max_age` (`None`: no age
+/// bound).
+pub fn age_cutoff(max_age: Option<Duration>) -> Option<Timestamp> {
+    max_age.map(|age| Timestamp::from_micros(Timestamp::now().as_micros() - age.as_micros() as i64))
 }
 
 /// The most publishes one room remembers for de-duplication in memory; past
@@ -353,8 +368,18 @@ impl MemoryHistory {
         log.bytes += cost;
         self.live.fetch_add(1, Ordering::Relaxed);
         self.total_bytes.fetch_add(cost, Ordering::Relaxed);
-        while log.messages.len() > self.options.max_len
-            || (log.bytes > self.options.max_room_bytes && log.messages.len() > 1)
+        let keep = self.options.for_room(room);
+        let max_bytes = keep.max_bytes.map_or(self.options.max_room_bytes, |b| {
+            b.min(self.options.max_room_bytes)
+        });
+        let cutoff = age_cutoff(keep.max_age);
+        while log.messages.len() > keep.max_len
+            || (log.bytes > max_bytes && log.messages.len() > 1)
+            || log
+                .messages
+                .front()
+                .zip(cutoff)
+                .is_some_and(|(m, c)| m.timestamp < c && log.messages.len() > 1)
         {
             if let Some(c) = log.pop_oldest() {
                 self.dropped(1, c);
@@ -395,28 +420,34 @@ impl History for MemoryHistory {
         let shard = self.rooms.shard(room).read();
         let empty = RoomLog::default();
         let log = shard.get(room).unwrap_or(&empty);
-        let msgs = &log.messages;
+        // Messages past the room's age bound that no publish has dropped
+        // yet (the room went quiet) are not history any more.
+        let cutoff = age_cutoff(self.options.for_room(room).max_age);
+        let expired = cutoff.map_or(0, |c| {
+            log.messages.iter().take_while(|m| m.timestamp < c).count()
+        });
+        let msgs = log.messages.range(expired..);
         let max = query.max_bytes;
         let (messages, complete, truncated) = match query.since {
             None => {
                 // The newest first, then back in order.
-                let (mut m, t) = take_within(msgs.iter().rev(), limit, max);
+                let (mut m, t) = take_within(msgs.rev(), limit, max);
                 m.reverse();
                 (m, true, t)
             }
             Some(Since::Offset(since)) => {
-                let oldest = msgs.front().map(|m| m.offset);
+                let oldest = msgs.clone().next().map(|m| m.offset);
                 // Offsets in the log are contiguous, so the first one after
                 // `since` is found by arithmetic, not a scan.
                 let start = match oldest {
                     Some(o) if since >= o => (since - o + 1) as usize,
                     _ => 0,
                 };
-                let (m, t) = take_within(msgs.iter().skip(start), limit, max);
+                let (m, t) = take_within(msgs.skip(start), limit, max);
                 (m, is_complete(since, oldest, log.last_offset), t)
             }
             Some(Since::Time(t)) => {
-                let (m, tr) = take_within(msgs.iter().filter(|m| m.timestamp > t), limit, max);
+                let (m, tr) = take_within(msgs.filter(|m| m.timestamp > t), limit, max);
                 (m, true, tr)
             }
         };
@@ -456,6 +487,7 @@ mod tests {
             max_room_bytes: 6_000,
             max_total_bytes: 8_000,
             dedupe_window: Duration::from_secs(1),
+            retention: Rules::default(),
         });
         let (a, b) = (RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap());
         let big = "x".repeat(1000);

@@ -19,7 +19,9 @@ pub mod events;
 pub mod history;
 pub mod hub;
 pub mod outbox;
+pub mod pattern;
 pub mod presence;
+pub mod retention;
 pub mod shard;
 pub mod store;
 

@@ -219,6 +219,9 @@ impl Settings {
             max_room_bytes: self.history.max_room_bytes,
             max_total_bytes: self.history.max_total_bytes,
             dedupe_window: Duration::from_secs(self.history.dedupe_window_secs),
+            // Validated at load.
+            retention: roomcast_core::retention::Rules::parse(&self.history.retention)
+                .unwrap_or_default(),
         }
     }
 

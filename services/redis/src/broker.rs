@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use roomcast_core::broker::{Broker, MessageDraft, Published, new_message_id};
 use roomcast_core::envelope::Envelope;
-use roomcast_core::history::HistoryOptions;
+use roomcast_core::history::{HistoryOptions, age_cutoff};
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -93,12 +93,15 @@ impl Broker for RedisBroker {
             .key(k.seq(&room))
             .key(k.log(&room))
             .key(k.epoch(&room))
-            .key(k.events());
+            .key(k.events())
+            .key(k.log_bytes(&room));
         if let Some(client_id) = &msg.client_id {
             invocation.key(k.published(&room, &msg.user_id, client_id));
         }
+        let keep = self.history.for_room(&room);
+        let cutoff = age_cutoff(keep.max_age).map_or(0, |t| t.as_micros().max(1));
         invocation
-            .arg(self.history.max_len)
+            .arg(keep.max_len)
             .arg(epoch_candidate())
             .arg(k.channel(&room))
             .arg(frame_pre)
@@ -110,7 +113,10 @@ impl Broker for RedisBroker {
             .arg(&msg.id)
             .arg(now.as_micros())
             .arg(self.redis.events_maxlen(true))
-            .arg(room.as_str());
+            .arg(room.as_str())
+            .arg(keep.max_bytes.unwrap_or(0))
+            .arg(cutoff)
+            .arg(keep.max_age.map_or(0, |a| a.as_millis() as u64));
         let reply: redis::Value = self
             .redis
             .timed_write(async {

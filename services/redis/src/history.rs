@@ -1,6 +1,7 @@
 //! History in Redis: a stream per room whose entry ids are the offsets
 //! (`<offset>-0`), so reading "after offset N" is one `XRANGE` from `N+1`.
-//! The stream is trimmed to the configured length by the publish script.
+//! The stream is trimmed to the room's retention (count, bytes, age) by the
+//! publish script, and past its age bound also by reads.
 //!
 //! Reads go in chunks of [`CHUNK`] entries, each one short script, until
 //! the page's count or byte bound: a reader of a room of large messages
@@ -10,7 +11,8 @@
 use async_trait::async_trait;
 use roomcast_core::BackendError;
 use roomcast_core::history::{
-    History, HistoryPage, HistoryQuery, MAX_LIMIT, Since, StreamPosition, is_complete,
+    History, HistoryOptions, HistoryPage, HistoryQuery, MAX_LIMIT, Since, StreamPosition,
+    age_cutoff, is_complete,
 };
 use roomcast_protocol::{MessageFrame, RoomId};
 
@@ -31,6 +33,7 @@ pub fn epoch_candidate() -> String {
 #[derive(Debug, Clone)]
 pub struct RedisHistory {
     redis: Redis,
+    options: HistoryOptions,
 }
 
 /// Which way a chunk reads.
@@ -63,8 +66,8 @@ struct Collected {
 }
 
 impl RedisHistory {
-    pub fn new(redis: Redis) -> Self {
-        Self { redis }
+    pub fn new(redis: Redis, options: HistoryOptions) -> Self {
+        Self { redis, options }
     }
 
     async fn chunk(
@@ -79,6 +82,8 @@ impl RedisHistory {
             Dir::After(first) => ("after", first),
             Dir::Before(below) => ("before", below),
         };
+        let keep = self.options.for_room(room);
+        let cutoff = age_cutoff(keep.max_age).map_or(0, |t| t.as_micros().max(1));
         self.redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
@@ -93,11 +98,15 @@ impl RedisHistory {
                     .key(k.seq(room))
                     .key(k.log(room))
                     .key(k.epoch(room))
+                    .key(k.log_bytes(room))
                     .arg(epoch_candidate())
                     .arg(mode)
                     .arg(at)
                     .arg(count.max(1))
                     .arg(max_bytes.max(1))
+                    .arg(keep.max_len)
+                    .arg(keep.max_bytes.unwrap_or(0))
+                    .arg(cutoff)
                     .invoke_async(&mut c)
                     .await
                     .map_err(unavailable)?;

@@ -64,6 +64,11 @@ impl Keys {
     pub fn log(&self, room: &RoomId) -> String {
         self.k(&["log", room.as_str()])
     }
+    /// Bytes of frames in the room's log (kept only for rooms with a
+    /// `bytes=` retention bound).
+    pub fn log_bytes(&self, room: &RoomId) -> String {
+        self.k(&["logbytes", room.as_str()])
+    }
     /// A publish's de-duplication record: `<offset> <id> <micros>`, expiring
     /// after the window. The `client_id` is the sender's own string (at most
     /// 128 bytes); as the last part of the key it cannot reach another key.

@@ -82,13 +82,14 @@ pub fn start(
         subscribed: Default::default(),
     });
     let (tx, rx) = mpsc::channel(broker::COMMAND_QUEUE);
+    let history = history::RedisHistory::new(redis.clone(), opts.history.clone());
     let backend = Backend {
         store: Arc::new(store::RedisStore::new(redis.clone())),
-        history: Arc::new(history::RedisHistory::new(redis.clone())),
+        history: Arc::new(history.clone()),
         broker: Arc::new(broker::RedisBroker::new(
             redis.clone(),
             &opts.node_id,
-            opts.history,
+            opts.history.clone(),
             tx,
             shared.clone(),
         )),
@@ -105,6 +106,7 @@ pub fn start(
     let tracker = TaskTracker::new();
     let session = pubsub::PubSubSession::new(
         redis.clone(),
+        history,
         hub.clone(),
         &opts.node_id,
         rx,

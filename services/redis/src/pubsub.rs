@@ -112,6 +112,7 @@ enum PubSubError {
 impl PubSubSession {
     pub fn new(
         redis: Redis,
+        history: RedisHistory,
         hub: Arc<Hub>,
         node: &str,
         commands: mpsc::Receiver<Command>,
@@ -119,7 +120,7 @@ impl PubSubSession {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            history: RedisHistory::new(redis.clone()),
+            history,
             redis,
             hub,
             node: node.to_owned(),

@@ -22,21 +22,57 @@ local function event(stream, maxlen, ...)
 end
 ";
 
+/// Drops a room's oldest history entries while it holds more than
+/// `max_len`, more than `max_bytes` of frames (0: no bound; counted in
+/// `bkey`), or its oldest entry's `t` (micros) is before `cutoff` (0: no
+/// bound). The newest entry always stays. At most 1000 entries per call,
+/// so one call never holds Redis long (the next publish goes on).
+const RETAIN_LUA: &str = r"
+local function retain(log, bkey, max_len, max_bytes, cutoff)
+  local len = redis.call('XLEN', log)
+  local bytes = 0
+  if max_bytes > 0 then bytes = tonumber(redis.call('GET', bkey) or '0') end
+  local dropped = 0
+  while len > 1 and dropped < 1000 do
+    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+    local over = len > max_len or (max_bytes > 0 and bytes > max_bytes)
+    if not over and cutoff > 0 then
+      local t = tonumber(first[2][4] or '')
+      over = t ~= nil and t < cutoff
+    end
+    if not over then break end
+    redis.call('XDEL', log, first[1])
+    if max_bytes > 0 then bytes = bytes - #first[2][2] end
+    len = len - 1
+    dropped = dropped + 1
+  end
+  if max_bytes > 0 then
+    if bytes < 0 then bytes = 0 end
+    redis.call('SET', bkey, bytes)
+  end
+end
+";
+
 /// Stores and publishes one message, once per `(room, sender, client_id)`.
-/// KEYS: seq, log, epoch, events stream, and the publish's de-duplication
-/// key when it has a `client_id`. ARGV: max_len, epoch candidate, channel,
-/// frame before the offset, frame after it, envelope head, mid and tail
-/// (see `envelope::ScriptHeader`), de-duplication window (ms), message id,
-/// timestamp (micros), events maxlen (`0`: no `message_stored` event), room.
+/// KEYS: seq, log, epoch, events stream, log bytes, and the publish's
+/// de-duplication key when it has a `client_id`. ARGV: max_len, epoch
+/// candidate, channel, frame before the offset, frame after it, envelope
+/// head, mid and tail (see `envelope::ScriptHeader`), de-duplication window
+/// (ms), message id, timestamp (micros), events maxlen (`0`: no
+/// `message_stored` event), room, and the room's retention beyond its
+/// count: max bytes, age cutoff (micros) and max age (ms), each `0` for
+/// none. A room with only a count bound is trimmed by `XADD MAXLEN`; one
+/// with bytes or age by [`RETAIN_LUA`], and with an age its history key
+/// expires when its newest message does.
 /// Returns `{0, offset, epoch}` for a new message, or `{1, offset, epoch,
 /// stored frame or '', id, timestamp}` when the key shows it was published
 /// before (nothing is stored or sent again).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{EVENT_LUA}{}",
+        "{EVENT_LUA}{RETAIN_LUA}{}",
         r"
-if KEYS[5] then
-  local first = redis.call('GET', KEYS[5])
+if KEYS[6] then
+  local first = redis.call('GET', KEYS[6])
   if first then
     local offset, id, ts = string.match(first, '^(%d+) (%S+) (%d+)$')
     local epoch = redis.call('GET', KEYS[3]) or ''
@@ -50,10 +86,20 @@ local offset = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[3], ARGV[2], 'NX')
 local epoch = redis.call('GET', KEYS[3])
 local frame = ARGV[4] .. offset .. ARGV[5]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame)
+if ARGV[14] == '0' and ARGV[15] == '0' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame, 't', ARGV[11])
+else
+  redis.call('XADD', KEYS[2], offset .. '-0', 'f', frame, 't', ARGV[11])
+  if ARGV[14] ~= '0' then redis.call('INCRBY', KEYS[5], #frame) end
+  retain(KEYS[2], KEYS[5], tonumber(ARGV[1]), tonumber(ARGV[14]), tonumber(ARGV[15]))
+  if ARGV[16] ~= '0' then
+    redis.call('PEXPIRE', KEYS[2], ARGV[16])
+    if ARGV[14] ~= '0' then redis.call('PEXPIRE', KEYS[5], ARGV[16]) end
+  end
+end
 redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame)
-if KEYS[5] then
-  redis.call('SET', KEYS[5], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
+if KEYS[6] then
+  redis.call('SET', KEYS[6], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
 end
 event(KEYS[4], ARGV[12], 'n', 'message_stored', 'r', ARGV[13], 'm', frame)
 return {0, offset, epoch}
@@ -62,17 +108,24 @@ return {0, offset, epoch}
 });
 
 /// Reads one chunk of history and the position in one atomic step.
-/// KEYS: seq, log, epoch. ARGV: epoch candidate, mode (`after`: from offset
-/// ARGV[3] up; `before`: down from below offset ARGV[3], 0 meaning the
-/// newest), ARGV[3], count, max bytes (the frames returned stop before the
-/// one that would pass it, but the first is always returned).
+/// KEYS: seq, log, epoch, log bytes. ARGV: epoch candidate, mode (`after`:
+/// from offset ARGV[3] up; `before`: down from below offset ARGV[3], 0
+/// meaning the newest), ARGV[3], count, max bytes (the frames returned stop
+/// before the one that would pass it, but the first is always returned),
+/// and the room's retention: max_len, max bytes, age cutoff (micros): with
+/// an age bound, entries past it are dropped first (a quiet room's old
+/// messages go when someone reads, not only when someone publishes).
 /// Returns `{epoch, latest offset, oldest retained offset (0: none),
 /// {frames...}, {offsets...}, truncated (0/1)}`; `before` frames come newest
 /// first. Callers read in chunks of a few dozen entries, so no one call
 /// holds Redis long or builds a large reply.
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{RETAIN_LUA}{}",
         r"
+if ARGV[8] ~= '0' then
+  retain(KEYS[2], KEYS[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+end
 redis.call('SET', KEYS[3], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[3])
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -103,8 +156,8 @@ for i, e in ipairs(entries) do
   offsets[i] = tonumber(string.match(e[1], '^(%d+)'))
 end
 return {epoch, seq, oldest, frames, offsets, truncated}
-",
-    )
+"
+    ))
 });
 
 /// Gets or creates a user or a room (a hash with `name` and `created_at`,

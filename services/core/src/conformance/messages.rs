@@ -264,3 +264,70 @@ pub async fn history_pages_end_at_the_byte_bound(make: &MakeBackend) {
         .unwrap();
     assert_eq!(offsets(&tiny), [5], "one message always fits");
 }
+
+pub async fn retention_rules_bound_rooms_by_count_bytes_and_age(make: &MakeBackend) {
+    let mut options = opts(100);
+    options.retention =
+        crate::retention::Rules::parse("small-*: len=3; bytes-*: bytes=1000; aged-*: age=1s")
+            .unwrap();
+    let b = make(Arc::default(), options).await;
+    let named = |prefix: &str| RoomId::parse(&format!("{prefix}-{}", RoomId::random())).unwrap();
+    let kept = |page: crate::history::HistoryPage| -> Vec<u64> {
+        page.messages.iter().map(|m| m.offset).collect()
+    };
+    let latest = HistoryQuery::new(None, 1000);
+    let publish = |r: RoomId, content: String| {
+        let b = b.clone();
+        async move { b.broker.publish_message(draft(&r, &content)).await.unwrap() }
+    };
+
+    let (small, other) = (named("small"), named("lobby"));
+    for i in 0..5 {
+        publish(small.clone(), format!("s{i}")).await;
+        publish(other.clone(), format!("o{i}")).await;
+    }
+    assert_eq!(
+        kept(b.history.read(&small, latest).await.unwrap()),
+        [3, 4, 5]
+    );
+    assert_eq!(
+        kept(b.history.read(&other, latest).await.unwrap()),
+        [1, 2, 3, 4, 5],
+        "a room no rule names keeps the default count"
+    );
+
+    // ~500 bytes a message: two fit in 1000.
+    let big = named("bytes");
+    for i in 0..10 {
+        publish(big.clone(), format!("{i}{}", "x".repeat(300))).await;
+    }
+    let offsets = kept(b.history.read(&big, latest).await.unwrap());
+    assert!(
+        (1..=3).contains(&offsets.len()) && offsets.last() == Some(&10),
+        "kept within the byte bound, newest last: {offsets:?}"
+    );
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+
+    // Past the age bound messages go: on the next publish, and on a read
+    // of a room nobody publishes in any more.
+    let (aged, quiet) = (named("aged"), named("aged"));
+    publish(aged.clone(), "a1".into()).await;
+    publish(aged.clone(), "a2".into()).await;
+    publish(quiet.clone(), "q1".into()).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    publish(aged.clone(), "a3".into()).await;
+    assert_eq!(kept(b.history.read(&aged, latest).await.unwrap()), [3]);
+    let page = b
+        .history
+        .read(&quiet, HistoryQuery::new(Some(Since::Offset(0)), 100))
+        .await
+        .unwrap();
+    assert!(page.messages.is_empty(), "{:?}", page.messages);
+    assert!(
+        !page.complete,
+        "the reader missed a message it can no longer get"
+    );
+    assert_eq!(page.position.offset, 1, "offsets go on");
+    let next = publish(quiet.clone(), "q2".into()).await;
+    assert_eq!(next.message.offset, 2);
+}

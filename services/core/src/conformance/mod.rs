@@ -42,6 +42,7 @@ macro_rules! backend_suite {
             a_retry_of_a_trimmed_message_keeps_its_first_id,
             history_queries,
             history_pages_end_at_the_byte_bound,
+            retention_rules_bound_rooms_by_count_bytes_and_age,
             events_skip_the_excluded_user_and_stay_in_their_room,
             presence_counts_connections,
             re_adding_a_connection_is_no_news,

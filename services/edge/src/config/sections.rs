@@ -243,6 +243,10 @@ pub struct HistorySettings {
     /// How long a publish is remembered by (room, sender, `client_id`): a
     /// retry within it returns the first result and stores nothing.
     pub dedupe_window_secs: u64,
+    /// Per room-name pattern: `PATTERN: len=N bytes=N age=D; ...` (e.g.
+    /// `support-*: len=10000 age=30d; tmp-*: age=1h`), first match wins;
+    /// other rooms keep `max_len` messages.
+    pub retention: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +311,7 @@ impl Default for HistorySettings {
             max_room_bytes: 64 * 1024 * 1024,
             max_total_bytes: 512 * 1024 * 1024,
             dedupe_window_secs: 300,
+            retention: String::new(),
         }
     }
 }

@@ -124,6 +124,9 @@ impl Settings {
         self.validate_auth()?;
         self.validate_limits()?;
         self.validate_hooks()?;
+        if let Err(e) = roomcast_core::retention::Rules::parse(&self.history.retention) {
+            return Err(bad("history.retention", e));
+        }
         self.validate_webhooks()?;
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
             return Err(bad(

@@ -41,8 +41,8 @@ until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 
 # Starts an edge; its pid in $started. (Not `$(start_edge)`: a command
 # substitution waits for every process holding its stdout, the edge included.)
-start_edge() { # port node-id
-  REDIS_URL="redis://127.0.0.1:$redis_port/0" NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production \
+start_edge() { # port node-id [VAR=value ...]
+  env "${@:3}" REDIS_URL="redis://127.0.0.1:$redis_port/0" NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production \
   ALLOW_UNAUTHENTICATED=true \
   ROOMCAST__WEBSOCKET__RATE_PER_SEC=100000 ROOMCAST__WEBSOCKET__RATE_BURST=100000 \
   ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC=100000 ROOMCAST__LIMITS__USER_FRAME_BURST=100000 \
@@ -63,22 +63,64 @@ urls="http://127.0.0.1:$p1,http://127.0.0.1:$p2"
 if [ "$quick" = "--quick" ]; then members=200; rate=50; secs=5; idle=2000; churn_c=200; churn_r=50
 else members=1000; rate=100; secs=10; idle=10000; churn_c=1000; churn_r=200; fi
 
+# fanout_run NAME URLS EDGE-PIDS... [-- EXTRA-PID]: 1 room x $members over the
+# nodes at URLS; sets $fan (the report), $d_edges (the edges' CPU-seconds
+# during publishing), $d_redis and $d_extra (the EXTRA-PID's, e.g. the hook
+# receiver's).
+fanout_run() {
+  local name=$1 urls=$2; shift 2
+  local edges=() extra=""
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then extra=$2; break; fi
+    edges+=("$1"); shift
+  done
+  rm -f "$tmp/fan-ready" "$tmp/fan-done"
+  # Server CPU is sampled over the publishing window only (joins and the
+  # teardown announce presence to the whole room, which is not fan-out).
+  "$loadgen" fanout --urls "$urls" --auto --rooms 1 --members "$members" --publishers 1 --rate "$rate" \
+    --duration "$secs" --drain 1 --ready-file "$tmp/fan-ready" --done-file "$tmp/fan-done" > "$tmp/$name.txt" &
+  local lg=$!
+  while [ ! -f "$tmp/fan-ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+  local c_edges c_redis c_extra=0
+  c_edges=$(cpu_sum "${edges[@]}"); c_redis=$(cpu_of "$redis_pid")
+  [ -n "$extra" ] && c_extra=$(cpu_of "$extra")
+  while [ ! -f "$tmp/fan-done" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+  d_edges=$(echo "$(cpu_sum "${edges[@]}") - $c_edges" | bc -l); d_redis=$(echo "$(cpu_of "$redis_pid") - $c_redis" | bc -l)
+  d_extra=0; [ -n "$extra" ] && d_extra=$(echo "$(cpu_of "$extra") - $c_extra" | bc -l)
+  wait "$lg" || true
+  cat "$tmp/$name.txt"
+  fan=$(tail -1 "$tmp/$name.txt"); echo "$fan" >> "$results/latest.jsonl"
+}
+
 echo "== fanout: 1 room x $members members over 2 nodes, 1 publisher at $rate msg/s, ${secs}s"
-# Server CPU is sampled over the publishing window only (joins and the
-# teardown announce presence to the whole room, which is not fan-out).
-"$loadgen" fanout --urls "$urls" --auto --rooms 1 --members "$members" --publishers 1 --rate "$rate" \
-  --duration "$secs" --drain 1 --ready-file "$tmp/fan-ready" --done-file "$tmp/fan-done" > "$tmp/fanout.txt" &
-lg=$!
-while [ ! -f "$tmp/fan-ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
-c_edges=$(cpu_sum "$e1" "$e2"); c_redis=$(cpu_of "$redis_pid")
-while [ ! -f "$tmp/fan-done" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
-d_edges=$(echo "$(cpu_sum "$e1" "$e2") - $c_edges" | bc -l); d_redis=$(echo "$(cpu_of "$redis_pid") - $c_redis" | bc -l)
-wait "$lg" || true
-cat "$tmp/fanout.txt"
-fan=$(tail -1 "$tmp/fanout.txt"); echo "$fan" >> "$results/latest.jsonl"
+fanout_run fanout "$urls" "$e1" "$e2"
 delivered=$(json "$fan" deliveries_received)
 per_million_edges=$(echo "$d_edges * 1000000 / $delivered" | bc -l)
 per_million_redis=$(echo "$d_redis * 1000000 / $delivered" | bc -l)
+plain=$fan
+
+echo "== fanout with the publish hook: the same, every message first POSTed to a trivial local receiver"
+"$loadgen" hook-receiver --listen 127.0.0.1:0 > "$tmp/receiver.out" 2>&1 &
+receiver=$!
+pids+=("$receiver")
+until grep -q '^listening on' "$tmp/receiver.out" 2>/dev/null; do sleep 0.05; done
+hook_url="http://$(sed -n 's/^listening on //p' "$tmp/receiver.out")/publish"
+ph1=$(free_port); ph2=$(free_port)
+start_edge "$ph1" bench-h1 ROOMCAST__HOOKS__PUBLISH_URL="$hook_url"; h1=$started
+start_edge "$ph2" bench-h2 ROOMCAST__HOOKS__PUBLISH_URL="$hook_url"; h2=$started
+wait_ready "$ph1"; wait_ready "$ph2"
+fanout_run fanout-hook "http://127.0.0.1:$ph1,http://127.0.0.1:$ph2" "$h1" "$h2" -- "$receiver"
+hooked=$fan
+hook_delivered=$(json "$hooked" deliveries_received)
+hook_per_million_edges=$(echo "$d_edges * 1000000 / $hook_delivered" | bc -l)
+hook_receiver_cpu=$d_extra
+hook_calls=0
+for port in "$ph1" "$ph2"; do
+  n=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^roomcast_hook_calls_total\{hook="publish",outcome="accept"\}/ { print $2 }')
+  hook_calls=$((hook_calls + ${n:-0}))
+done
+kill -TERM "$h1" "$h2" 2>/dev/null || true
+fan=$plain
 
 echo "== floor: the kernel's cost of the same writes, no server ($((members / 2)) sockets, $rate rounds/s)"
 "$loadgen" floor --connections $((members / 2)) --rate "$rate" --duration $((secs * 2)) --size 200 | tee "$tmp/floor.txt"
@@ -136,6 +178,9 @@ cat <<TABLE
 | fan-out: lost / duplicated / out of order | $(json "$fan" lost) / $(json "$fan" duplicated) / $(json "$fan" out_of_order) |
 | fan-out latency p50 / p90 / p99 / p99.9 / max (ms) | $(json "$fan" latency_p50_ms) / $(json "$fan" latency_p90_ms) / $(json "$fan" latency_p99_ms) / $(json "$fan" latency_p999_ms) / $(json "$fan" latency_max_ms) |
 | edge CPU-seconds per million deliveries | $(printf %.3f "$per_million_edges") |
+| with the publish hook: delivered messages/s; lost / duplicated / out of order | $(json "$hooked" deliveries_per_second); $(json "$hooked" lost) / $(json "$hooked" duplicated) / $(json "$hooked" out_of_order) |
+| with the publish hook: latency p50 / p99 / max (ms) | $(json "$hooked" latency_p50_ms) / $(json "$hooked" latency_p99_ms) / $(json "$hooked" latency_max_ms) |
+| with the publish hook: edge CPU-seconds per million deliveries (receiver's own CPU, s; hook calls accepted) | $(printf %.3f "$hook_per_million_edges") ($(printf %.2f "$hook_receiver_cpu"); $hook_calls) |
 | floor: kernel CPU-seconds per million 200-byte loopback writes (no server, same pattern) | $(json "$flr" cpu_seconds_per_million_writes) |
 | redis CPU-seconds per million deliveries | $(printf %.3f "$per_million_redis") |
 | load generator CPU during fan-out (cores) | $(json "$fan" loadgen_cpu_cores) |

@@ -8,6 +8,7 @@
 //! roomcast-loadgen churn  --urls http://127.0.0.1:8001,http://127.0.0.1:8002 --connections 1000 --rate 200 --duration 10
 //! roomcast-loadgen floor  --connections 500 --rate 100 --duration 10 --size 200
 //! roomcast-loadgen delay-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:6379 --delay-ms 1
+//! roomcast-loadgen hook-receiver --listen 127.0.0.1:0
 //! ```
 //!
 //! Rooms and users are created over REST first (any server configuration
@@ -19,6 +20,7 @@ mod cli;
 mod client;
 mod delay;
 mod floor;
+mod receiver;
 mod report;
 mod rest;
 mod scenario;
@@ -30,6 +32,20 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("delay-proxy") {
         return delay_proxy(&args[1..]).await;
+    }
+    if args.first().map(String::as_str) == Some("hook-receiver") {
+        let listen = args
+            .iter()
+            .position(|a| a == "--listen")
+            .and_then(|i| args.get(i + 1))
+            .map_or("127.0.0.1:0", String::as_str);
+        return match receiver::run(listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("roomcast-loadgen hook-receiver: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let opts = match cli::parse(&args) {
         Ok(o) => o,

@@ -36,6 +36,10 @@ pub struct Outbound {
     /// what it already replayed from history.
     pub offset: u64,
     pub published_at: Timestamp,
+    /// The member it was queued for ([`Member::conn`]): a connection that
+    /// is a member of several rooms (a multiplexed socket, one member id
+    /// per subscription) tells its rooms apart by it.
+    pub to: ConnId,
 }
 
 /// Why the hub (or anything else outside the connection) ends a connection.
@@ -50,7 +54,9 @@ pub enum KillReason {
     Resync = 2,
 }
 
-/// A local connection as the hub sees it: an id, a user, an outbox.
+/// A local connection's membership of one room, as the hub sees it: an id
+/// (unique on the node; a socket in several rooms has one per room), a
+/// user, an outbox (shared by all of one socket's memberships).
 #[derive(Debug, Clone)]
 pub struct Member {
     pub conn: ConnId,
@@ -230,6 +236,7 @@ impl Hub {
                 frame: env.frame.clone(),
                 offset: env.offset,
                 published_at: env.published_at,
+                to: m.conn,
             };
             match m.outbox.push(out) {
                 Ok(()) => delivered += 1,

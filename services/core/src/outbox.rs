@@ -182,6 +182,7 @@ mod tests {
             frame: Bytes::from_static(b"{}"),
             offset,
             published_at: Timestamp::now(),
+            to: 0,
         }
     }
 

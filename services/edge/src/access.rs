@@ -81,7 +81,9 @@ impl<'a> Op<'a> {
             (["rooms", id, "presence"], true, _) => Op::ReadPresence(id),
             (["metrics"], true, _) => Op::Metrics,
             ([""] | ["chat"] | ["client.js"] | ["health"] | ["ready"], true, _) => Op::Public,
-            (["ws", _, _], true, _) | (["api", "v1", "chats", _, "ws"], true, _) => Op::Socket,
+            (["ws"], true, _)
+            | (["ws", _, _], true, _)
+            | (["api", "v1", "chats", _, "ws"], true, _) => Op::Socket,
             _ => Op::Unknown,
         }
     }
@@ -249,6 +251,7 @@ mod tests {
             (Method::GET, "/", Op::Public),
             (Method::GET, "/health", Op::Public),
             (Method::GET, "/ws/r/u", Op::Socket),
+            (Method::GET, "/ws", Op::Socket),
             (Method::GET, "/api/v1/chats/r/ws", Op::Socket),
             (Method::GET, "/rooms/r/elsewhere", Op::Unknown),
             (Method::DELETE, "/rooms/r", Op::Unknown),

@@ -174,6 +174,26 @@ pub enum FrameRefusal {
     /// The publish hook gave no usable answer, and that means deny.
     #[error("publish hook unavailable: not stored and not sent; retry")]
     HookFailed,
+    /// A subscription's room or user does not exist (and auto-create is off).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A subscription the token's `rooms` claim or the application does not
+    /// allow, or a room a single-room socket is not in.
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    /// A frame naming a room this multiplexed socket is not subscribed to
+    /// (or naming no room).
+    #[error("{0}")]
+    NotSubscribed(&'static str),
+    #[error("at most {0} subscriptions per connection")]
+    TooManySubscriptions(usize),
+    /// A subscription could not be set up (the backend failed); the
+    /// socket stays, without it.
+    #[error("subscription not set up; try again")]
+    SubscribeFailed,
+    /// A `refresh` whose token does not do.
+    #[error("refresh refused: {0}")]
+    BadRefresh(String),
 }
 
 fn publish_message(e: &BackendError) -> &'static str {
@@ -196,6 +216,12 @@ impl FrameRefusal {
             | FrameRefusal::TypingNotSent(_)
             | FrameRefusal::HookFailed => ErrorCode::Unavailable,
             FrameRefusal::Rejected(_) => ErrorCode::Rejected,
+            FrameRefusal::NotFound(_) => ErrorCode::NotFound,
+            FrameRefusal::NotAllowed(_) => ErrorCode::Forbidden,
+            FrameRefusal::NotSubscribed(_) => ErrorCode::NotSubscribed,
+            FrameRefusal::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+            FrameRefusal::SubscribeFailed => ErrorCode::Unavailable,
+            FrameRefusal::BadRefresh(_) => ErrorCode::Unauthorized,
         }
     }
 
@@ -210,6 +236,12 @@ impl FrameRefusal {
             | FrameRefusal::Rejected(_)
             | FrameRefusal::HookFailed => "message",
             FrameRefusal::TypingNotSent(_) => "typing",
+            FrameRefusal::NotFound(_)
+            | FrameRefusal::NotAllowed(_)
+            | FrameRefusal::TooManySubscriptions(_)
+            | FrameRefusal::SubscribeFailed => "subscribe",
+            FrameRefusal::NotSubscribed(_) => "forbidden",
+            FrameRefusal::BadRefresh(_) => "refresh",
         }
     }
 }
@@ -299,7 +331,7 @@ impl End {
 
 impl From<BackendError> for End {
     fn from(e: BackendError) -> End {
-        tracing::warn!(error = %e, "backend call failed; closing connection");
+        tracing::warn!(error = %e, "backend call failed");
         End::Backend
     }
 }

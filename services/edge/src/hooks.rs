@@ -47,7 +47,9 @@ pub enum HookError {
 /// What the connect hook is asked.
 #[derive(Debug, Serialize)]
 pub struct ConnectRequest<'a> {
-    pub room_id: &'a str,
+    /// The room, or null for a multiplexed socket (which subscribes later:
+    /// the answer's `rooms` then bounds its subscriptions).
+    pub room_id: Option<&'a str>,
     pub user_id: &'a str,
     pub username: Option<&'a str>,
     /// The token's claims, when auth is on.
@@ -59,8 +61,12 @@ pub struct ConnectRequest<'a> {
 /// What the connect hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectVerdict {
-    /// Admitted, optionally under another display name.
-    Allow { username: Option<String> },
+    /// Admitted, optionally under another display name and only for some
+    /// rooms (a multiplexed socket's subscriptions are checked against it).
+    Allow {
+        username: Option<String>,
+        rooms: Option<Vec<String>>,
+    },
     /// Refused: the socket closes with `code` (4000-4999) and `reason`.
     Deny { code: u16, reason: String },
 }
@@ -201,7 +207,8 @@ impl Hooks {
             Ok(a)
                 if a.rooms
                     .as_ref()
-                    .is_some_and(|r| !r.iter().any(|r| r == req.room_id)) =>
+                    .zip(req.room_id)
+                    .is_some_and(|(rooms, room)| !rooms.iter().any(|r| r == room)) =>
             {
                 ConnectVerdict::Deny {
                     code: 4003,
@@ -210,10 +217,14 @@ impl Hooks {
             }
             Ok(a) => ConnectVerdict::Allow {
                 username: a.username.filter(|n| !n.trim().is_empty()),
+                rooms: a.rooms,
             },
             Err(e) if hook.allow_on_error => {
                 tracing::warn!(error = %e, "connect hook failed; allowing (hooks.connect_on_error = allow)");
-                ConnectVerdict::Allow { username: None }
+                ConnectVerdict::Allow {
+                    username: None,
+                    rooms: None,
+                }
             }
             Err(e) => return Some(Err(e)),
         };

@@ -29,10 +29,13 @@ use crate::error::{End, Refusal};
 
 /// `type` values of `roomcast_messages_received_total`: frames handled, and
 /// frames refused (see `FrameRefusal::label`).
-pub const RECEIVED_TYPES: [&str; 7] = [
+pub const RECEIVED_TYPES: [&str; 10] = [
     "message",
     "typing",
     "ping",
+    "subscribe",
+    "unsubscribe",
+    "refresh",
     "binary",
     "rate_limited",
     "forbidden",

@@ -45,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/ws", get(ws::handshake::multiplexed))
         .route("/ws/{room_id}/{user_id}", get(ws::handshake::by_path))
         .route("/api/v1/chats/{room_id}/ws", get(ws::handshake::by_token))
         .fallback(|| async { ApiError::NotFound("Not Found") })

@@ -34,7 +34,9 @@ fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
 pub fn client_frame(data: &[u8]) {
     let t = text(data);
     match ClientFrame::parse(&t, 64) {
-        Ok(ClientFrame::Message { content, client_id }) => {
+        Ok(ClientFrame::Message {
+            content, client_id, ..
+        }) => {
             assert!(
                 !content.trim().is_empty() && content.len() <= 64,
                 "accepted bad content"

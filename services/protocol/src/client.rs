@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::ErrorCode;
+use crate::{ErrorCode, RoomId};
 
 /// The longest `client_id` echoed back in `ack` and `message`, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
@@ -21,11 +21,45 @@ pub enum ClientFrame {
         content: String,
         #[serde(default)]
         client_id: Option<String>,
+        /// The room, on a multiplexed socket (`/ws`); a single-room socket
+        /// takes none or its own.
+        #[serde(default)]
+        room_id: Option<RoomId>,
     },
     /// The sender started or stopped typing. Never stored.
-    Typing { is_typing: bool },
+    Typing {
+        is_typing: bool,
+        #[serde(default)]
+        room_id: Option<RoomId>,
+    },
     /// Application keep-alive, answered with `pong`.
     Ping,
+    /// Multiplexed socket: join a room (`subscribed`, its `presence` and,
+    /// with `since`, the replay), as connecting to it alone would.
+    Subscribe {
+        room_id: RoomId,
+        #[serde(default)]
+        since: Option<String>,
+    },
+    /// Multiplexed socket: leave a room (`unsubscribed`).
+    Unsubscribe { room_id: RoomId },
+    /// A fresh token for the same user, before the current one expires.
+    Refresh { token: String },
+}
+
+impl ClientFrame {
+    /// The room a frame names, if any.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            ClientFrame::Message { room_id, .. } | ClientFrame::Typing { room_id, .. } => {
+                room_id.as_ref()
+            }
+            ClientFrame::Subscribe { room_id, .. } | ClientFrame::Unsubscribe { room_id } => {
+                Some(room_id)
+            }
+            ClientFrame::Ping | ClientFrame::Refresh { .. } => None,
+        }
+    }
 }
 
 /// Why a frame was refused; becomes an `error` frame, the connection stays.
@@ -114,15 +148,21 @@ impl ClientFrame {
                 ClientFrame::Message {
                     content,
                     client_id: m.client_id,
+                    room_id: None,
                 }
             }
-            Some("message" | "typing" | "ping") => serde_json::from_str(text)
-                .map_err(|e| FrameError::new(ErrorCode::InvalidJson, e.to_string()))?,
+            Some("message" | "typing" | "ping" | "subscribe" | "unsubscribe" | "refresh") => {
+                serde_json::from_str(text)
+                    .map_err(|e| FrameError::new(ErrorCode::InvalidJson, e.to_string()))?
+            }
             Some(other) => {
                 let shown: String = other.chars().take(32).collect();
                 return Err(FrameError::new(
                     ErrorCode::UnknownType,
-                    format!("unknown frame type {shown:?}; expected message, typing or ping"),
+                    format!(
+                        "unknown frame type {shown:?}; expected message, typing, ping, \
+                         subscribe, unsubscribe or refresh"
+                    ),
                 ));
             }
         };
@@ -130,7 +170,10 @@ impl ClientFrame {
     }
 
     fn check(self, max_content: usize) -> Result<ClientFrame, FrameError> {
-        if let ClientFrame::Message { content, client_id } = &self {
+        if let ClientFrame::Message {
+            content, client_id, ..
+        } = &self
+        {
             if content.trim().is_empty() {
                 return Err(FrameError::new(
                     ErrorCode::EmptyContent,

@@ -29,6 +29,17 @@ pub enum ErrorCode {
     /// The application (its publish hook) refused the message; nothing was
     /// stored or sent. The `message` says why, in the application's words.
     Rejected,
+    /// Multiplexed socket: the room (or the user) does not exist, and
+    /// auto-create is off (what close 4004 is for a single-room socket).
+    NotFound,
+    /// Multiplexed socket: the frame names a room this socket has not
+    /// subscribed to.
+    NotSubscribed,
+    /// Multiplexed socket: at the cap of subscriptions per connection.
+    TooManySubscriptions,
+    /// A `refresh` token that is missing, invalid, expired or for another
+    /// user; the connection keeps its current token.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -44,6 +55,10 @@ impl ErrorCode {
             ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Rejected => "rejected",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }

@@ -23,7 +23,7 @@ pub use client::{ClientFrame, FrameError, MAX_CLIENT_ID_LEN, client_id_of};
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{IdError, MAX_ID_LEN, RoomId, UserId};
 pub use server::{
-    AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceFrame, PresenceUser, ServerFrame,
-    TypingFrame, UserEventFrame,
+    AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceFrame, PresenceUser,
+    RefreshedFrame, RoomRef, ServerFrame, SubscribedFrame, TypingFrame, UserEventFrame,
 };
 pub use timestamp::{Timestamp, TimestampError};

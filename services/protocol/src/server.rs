@@ -21,6 +21,9 @@ pub enum ServerFrame {
     Ack(AckFrame),
     Pong,
     Error(ErrorFrame),
+    Subscribed(SubscribedFrame),
+    Unsubscribed(RoomRef),
+    Refreshed(RefreshedFrame),
 }
 
 impl ServerFrame {
@@ -45,22 +48,44 @@ impl ServerFrame {
             code,
             message: message.into(),
             client_id,
+            room_id: None,
+        })
+    }
+
+    /// An `error` frame about a frame that named `room` (multiplexed
+    /// sockets), carrying its `client_id` if it had one.
+    pub fn error_in(
+        code: ErrorCode,
+        message: impl Into<String>,
+        client_id: Option<String>,
+        room: Option<RoomId>,
+    ) -> Self {
+        ServerFrame::Error(ErrorFrame {
+            code,
+            message: message.into(),
+            client_id,
+            room_id: room,
         })
     }
 }
 
-/// First frame after the handshake.
+/// First frame after the handshake. On a multiplexed socket (`/ws`) it
+/// names no room (no `room_id`, `offset`, `epoch`): each subscription gets
+/// its own in `subscribed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectedFrame {
-    pub room_id: RoomId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
     pub user_id: UserId,
     pub username: String,
     pub node_id: String,
     /// The room's latest offset at connect time (0: no message yet).
-    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// Changes only when the room's history was lost; offsets from another
     /// epoch mean nothing.
-    pub epoch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     /// Present only when the client connected with `since`: false when the
     /// retained history no longer reaches back that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +181,9 @@ pub struct AckFrame {
     pub offset: u64,
     /// The sender's `client_id`, or null when it gave none.
     pub client_id: Option<String>,
+    /// The message's room, on a multiplexed socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
 }
 
 /// A refused frame; the connection stays open.
@@ -167,4 +195,33 @@ pub struct ErrorFrame {
     /// a client fail exactly the send that was refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The room the refused frame named (multiplexed sockets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
+}
+
+/// A subscription on a multiplexed socket is in place: the room's position,
+/// as `connected` gives it for a single-room socket. Its `presence` and
+/// (with `since`) replay follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedFrame {
+    pub room_id: RoomId,
+    pub offset: u64,
+    pub epoch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// A frame about one room and nothing else (`unsubscribed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRef {
+    pub room_id: RoomId,
+}
+
+/// A `refresh` was accepted: the connection now lives on the new token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshedFrame {
+    /// When the new token expires (seconds since the epoch), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }

@@ -60,12 +60,12 @@ fn message_has_exactly_the_contract_fields() {
 #[test]
 fn connected_and_presence() {
     let c = ServerFrame::Connected(ConnectedFrame {
-        room_id: room(),
+        room_id: Some(room()),
         user_id: user(),
         username: "alice".into(),
         node_id: "node-a".into(),
-        offset: 3,
-        epoch: "e1".into(),
+        offset: Some(3),
+        epoch: Some("e1".into()),
         recovered: None,
     });
     assert_eq!(
@@ -125,7 +125,8 @@ fn events_typing_ack_pong_error() {
         json_of(&ServerFrame::Ack(AckFrame {
             id: "m-1".into(),
             offset: 9,
-            client_id: None
+            client_id: None,
+            room_id: None,
         })),
         json!({"type":"ack","id":"m-1","offset":9,"client_id":null})
     );
@@ -185,28 +186,115 @@ fn client_frames_parse_seed_and_typed_shapes() {
         p(r#"{"content":"hi"}"#),
         Ok(ClientFrame::Message {
             content: "hi".into(),
-            client_id: None
+            client_id: None,
+            room_id: None,
         })
     );
     assert_eq!(
         p(r#"{"content":"hi","user":"legacy-extra"}"#).unwrap(),
         ClientFrame::Message {
             content: "hi".into(),
-            client_id: None
+            client_id: None,
+            room_id: None,
         }
     );
     assert_eq!(
         p(r#"{"type":"message","content":"hi","client_id":"c-1"}"#),
         Ok(ClientFrame::Message {
             content: "hi".into(),
-            client_id: Some("c-1".into())
+            client_id: Some("c-1".into()),
+            room_id: None,
         })
     );
     assert_eq!(
         p(r#"{"type":"typing","is_typing":true}"#),
-        Ok(ClientFrame::Typing { is_typing: true })
+        Ok(ClientFrame::Typing {
+            is_typing: true,
+            room_id: None
+        })
     );
     assert_eq!(p(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+}
+
+#[test]
+fn multiplexed_frames() {
+    let p = |s: &str| ClientFrame::parse(s, 10);
+    let r = || RoomId::parse("r-1").unwrap();
+    assert_eq!(
+        p(r#"{"type":"subscribe","room_id":"r-1","since":"4"}"#),
+        Ok(ClientFrame::Subscribe {
+            room_id: r(),
+            since: Some("4".into())
+        })
+    );
+    assert_eq!(
+        p(r#"{"type":"unsubscribe","room_id":"r-1"}"#),
+        Ok(ClientFrame::Unsubscribe { room_id: r() })
+    );
+    assert_eq!(
+        p(r#"{"type":"message","room_id":"r-1","content":"hi"}"#),
+        Ok(ClientFrame::Message {
+            content: "hi".into(),
+            client_id: None,
+            room_id: Some(r()),
+        })
+    );
+    assert_eq!(
+        p(r#"{"type":"refresh","token":"t"}"#),
+        Ok(ClientFrame::Refresh { token: "t".into() })
+    );
+    // A room id that could not name a room is refused as such.
+    assert_eq!(
+        p(r#"{"type":"subscribe","room_id":"a:b"}"#)
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidJson
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Subscribed(SubscribedFrame {
+            room_id: r(),
+            offset: 7,
+            epoch: "e1".into(),
+            recovered: Some(true),
+        })),
+        json!({"type":"subscribed","room_id":"r-1","offset":7,"epoch":"e1","recovered":true})
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Unsubscribed(RoomRef { room_id: r() })),
+        json!({"type":"unsubscribed","room_id":"r-1"})
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Connected(ConnectedFrame {
+            room_id: None,
+            user_id: user(),
+            username: "alice".into(),
+            node_id: "node-a".into(),
+            offset: None,
+            epoch: None,
+            recovered: None,
+        })),
+        json!({"type":"connected","user_id":"u-1","username":"alice","node_id":"node-a"})
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Ack(AckFrame {
+            id: "m-1".into(),
+            offset: 9,
+            client_id: None,
+            room_id: Some(r()),
+        })),
+        json!({"type":"ack","id":"m-1","offset":9,"client_id":null,"room_id":"r-1"})
+    );
+    assert_eq!(
+        ServerFrame::error_in(ErrorCode::NotSubscribed, "no", Some("c".into()), Some(r()))
+            .to_json(),
+        r#"{"type":"error","code":"not_subscribed","message":"no","client_id":"c","room_id":"r-1"}"#
+    );
+    assert_eq!(
+        json_of(&ServerFrame::Refreshed(RefreshedFrame {
+            expires_at: Some(5)
+        })),
+        json!({"type":"refreshed","expires_at":5})
+    );
 }
 
 #[test]

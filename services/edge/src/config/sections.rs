@@ -143,6 +143,8 @@ pub struct WebSocketSettings {
     pub write_timeout_ms: u64,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Rooms one multiplexed socket (`/ws`) may subscribe to at once.
+    pub max_subscriptions: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -357,6 +359,7 @@ impl Default for WebSocketSettings {
             write_timeout_ms: 10_000,
             read_buffer_bytes: 512,
             write_buffer_bytes: 1024,
+            max_subscriptions: 100,
         }
     }
 }

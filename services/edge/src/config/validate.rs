@@ -49,6 +49,10 @@ impl Settings {
                 "websocket.flood_close_after",
                 u64::from(self.websocket.flood_close_after),
             ),
+            (
+                "websocket.max_subscriptions",
+                self.websocket.max_subscriptions as u64,
+            ),
             ("history.max_len", self.history.max_len as u64),
             ("history.max_page_bytes", self.history.max_page_bytes as u64),
             ("history.max_room_bytes", self.history.max_room_bytes as u64),

@@ -1,5 +1,11 @@
 //! One WebSocket connection: one task from the upgrade to the close.
 //!
+//! A connection is in one room (`/ws/{room}/{user}`, the contract's shape)
+//! or, multiplexed (`/ws`), in the rooms it subscribes to (`subs`). Each
+//! room it is in is a subscription with its own hub membership id,
+//! presence entry and recovery position; a single-room socket is the
+//! one-subscription case, joined before the loop starts.
+//!
 //! The task owns the socket and `select!`s over four things: frames from the
 //! client (handled in `frames`), the connection's outbox (the bounded queue
 //! the hub fills, and its kill switch), the heartbeat, and the node's
@@ -20,7 +26,8 @@ use roomcast_core::history::Since;
 use roomcast_core::hub::{ConnId, Member, Outbound};
 use roomcast_core::outbox::{Next, Outbox};
 use roomcast_protocol::{
-    ConnectedFrame, PresenceFrame, PresenceUser, RoomId, ServerFrame, Timestamp, UserEventFrame,
+    ConnectedFrame, PresenceFrame, PresenceUser, RoomId, ServerFrame, SubscribedFrame, Timestamp,
+    UserEventFrame,
 };
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -35,6 +42,7 @@ use crate::ws::rate::RateLimiter;
 use crate::ws::recovery::recovery;
 
 mod frames;
+mod subs;
 
 pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -45,13 +53,18 @@ const MAX_BATCH: usize = 64;
 /// Who connected to which room, as the handshake decided.
 #[derive(Debug)]
 pub struct Admission {
-    pub room: RoomId,
+    /// `None`: a multiplexed socket, in the rooms it subscribes to.
+    pub room: Option<RoomId>,
     pub user: PresenceUser,
     /// The raw `since` parameter.
     pub since: Option<String>,
     /// When the connection's token expires (seconds since the epoch). After
     /// that the connection may still receive, but not send.
     pub token_expires_at: Option<u64>,
+    /// The token's `rooms` claim (`None`: any room), for subscriptions.
+    pub token_rooms: Option<std::collections::HashSet<RoomId>>,
+    /// The rooms the application's connect hook allows (`None`: any).
+    pub hook_rooms: Option<Vec<String>>,
     /// This connection's place in the per-user and per-address counts,
     /// held for its life.
     pub seats: (
@@ -73,25 +86,24 @@ pub fn run(
     slot: SlotGuard,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
-    let span = tracing::info_span!("conn", conn = conn_id, room = %admission.room, user = %admission.user.user_id);
+    let room = admission.room.as_ref().map_or("*", RoomId::as_str);
+    let span =
+        tracing::info_span!("conn", conn = conn_id, room = %room, user = %admission.user.user_id);
     let w = &app.settings.websocket;
     let now = Instant::now();
     let mut c = Conn {
         span: app
             .telemetry
-            .connection(admission.room.as_str(), admission.user.user_id.as_str()),
+            .connection(room, admission.user.user_id.as_str()),
         rate: RateLimiter::new(w.rate_per_sec, w.rate_burst, w.flood_close_after, now),
         write_timeout: Duration::from_millis(w.write_timeout_ms),
-        conn_key: roomcast_core::presence::conn_key(&app.node_id, conn_id),
         outbox: Arc::new(Outbox::new(w.outbound_queue)),
         app,
         ws,
         conn_id,
         admission,
         last_seen: now,
-        seen_offset: 0,
-        in_hub: false,
-        in_presence: false,
+        subs: Vec::new(),
         _slot: slot,
     };
     async move {
@@ -121,72 +133,129 @@ struct Conn {
     /// Frames the hub queued for this connection, and its kill switch.
     outbox: Arc<Outbox>,
     conn_id: ConnId,
-    /// Unique in the cluster: `node/conn`.
-    conn_key: String,
     admission: Admission,
     rate: RateLimiter,
     write_timeout: Duration,
     last_seen: Instant,
-    /// Messages up to this offset were sent already (replayed, or older than
-    /// the connection); live copies of them are skipped.
-    seen_offset: u64,
-    in_hub: bool,
-    in_presence: bool,
+    /// The rooms this connection is in, ordered by membership id.
+    subs: Vec<Sub>,
     /// The node's connection slot, held for its `Drop`: given back when the
     /// task ends and drops `Conn`.
     _slot: SlotGuard,
 }
 
+/// One room a connection is in.
+struct Sub {
+    /// Its hub membership id ([`Member::conn`]), unique on the node: the
+    /// connection's own id for a single-room socket, a fresh one per
+    /// subscription of a multiplexed one (so presence, which counts
+    /// memberships, and the sweep see one entry per room).
+    id: ConnId,
+    room: RoomId,
+    /// Unique in the cluster: `node/id`.
+    conn_key: String,
+    /// Messages up to this offset were sent already (replayed, or older than
+    /// the subscription); live copies of them are skipped.
+    seen_offset: u64,
+    in_hub: bool,
+    in_presence: bool,
+}
+
 impl Conn {
-    /// Joins the room: hub and subscription, presence, `connected`,
-    /// `presence`, recovery replay, and `user_joined` to the others.
+    /// A single-room socket joins its room; a multiplexed one says who it is.
     async fn start(&mut self) -> Result<(), End> {
+        match self.admission.room.clone() {
+            Some(room) => {
+                let since = self.admission.since.clone();
+                self.join(room, since, self.conn_id).await
+            }
+            None => {
+                let connected = ServerFrame::Connected(ConnectedFrame {
+                    room_id: None,
+                    user_id: self.admission.user.user_id.clone(),
+                    username: self.admission.user.username.clone(),
+                    node_id: self.app.node_id.to_string(),
+                    offset: None,
+                    epoch: None,
+                    recovered: None,
+                });
+                self.send_frame(connected).await
+            }
+        }
+    }
+
+    /// Joins `room` as membership `id`: hub and subscription, presence,
+    /// the first frame (`connected` for a single-room socket, `subscribed`
+    /// otherwise), `presence`, recovery replay, and `user_joined` to the
+    /// others. On an error the membership stays in `subs` for
+    /// [`leave`](Self::leave) to undo.
+    async fn join(&mut self, room: RoomId, since: Option<String>, id: ConnId) -> Result<(), End> {
         let app = self.app.clone();
-        let room = self.admission.room.clone();
         let member = Member {
-            conn: self.conn_id,
+            conn: id,
             user: self.admission.user.user_id.clone(),
             outbox: self.outbox.clone(),
         };
+        let at = self.subs.partition_point(|s| s.id < id);
+        self.subs.insert(
+            at,
+            Sub {
+                id,
+                room: room.clone(),
+                conn_key: roomcast_core::presence::conn_key(&app.node_id, id),
+                seen_offset: 0,
+                in_hub: true,
+                in_presence: false,
+            },
+        );
         // Joining the hub first means every publish this node receives from
         // here on is queued for us. `subscribe` returns once the node
         // receives the room's publishes (at once if it already does), so
         // the history read below cannot leave a gap. Every connection asks,
         // not only the room's first: a second one must not read its position
         // while the first one's subscription is still being set up.
-        self.in_hub = true;
         app.hub.join(&room, member);
         app.backend.broker.subscribe(&room).await?;
         // Presence (with the `user_joined` announcement when this is the
         // user's first connection in the room) and the recovery read are
         // independent: both go to the backend at once.
-        let joined = ServerFrame::UserJoined(self.user_event()).to_json();
+        let joined = ServerFrame::UserJoined(self.user_event(&room)).to_json();
         let backend = &app.backend;
+        let conn_key = self.subs[at].conn_key.clone();
         let join = backend.presence.join_announced(
             &room,
             &self.admission.user,
-            &self.conn_key,
+            &conn_key,
             &*backend.broker,
             joined.into(),
         );
-        let recover = recovery(&app, &room, self.admission.since.as_deref());
+        let recover = recovery(&app, &room, since.as_deref());
         let (joined, start) = tokio::join!(join, recover);
-        // Joined even if the recovery read failed: `finish` must then leave.
-        self.in_presence = joined.is_ok();
+        // Joined even if the recovery read failed: `leave` must then undo it.
+        self.subs[at].in_presence = joined.is_ok();
         let (_, users) = joined?;
         let start = start?;
         let (position, recovered) = (start.position, start.recovered);
-        self.seen_offset = position.offset;
-        let connected = ServerFrame::Connected(ConnectedFrame {
-            room_id: room.clone(),
-            user_id: self.admission.user.user_id.clone(),
-            username: self.admission.user.username.clone(),
-            node_id: app.node_id.to_string(),
-            offset: position.offset,
-            epoch: position.epoch,
-            recovered,
-        });
-        self.feed(connected.to_json()).await?;
+        self.subs[at].seen_offset = position.offset;
+        let first = if self.admission.room.is_some() {
+            ServerFrame::Connected(ConnectedFrame {
+                room_id: Some(room.clone()),
+                user_id: self.admission.user.user_id.clone(),
+                username: self.admission.user.username.clone(),
+                node_id: app.node_id.to_string(),
+                offset: Some(position.offset),
+                epoch: Some(position.epoch),
+                recovered,
+            })
+        } else {
+            ServerFrame::Subscribed(SubscribedFrame {
+                room_id: room.clone(),
+                offset: position.offset,
+                epoch: position.epoch,
+                recovered,
+            })
+        };
+        self.feed(first.to_json()).await?;
         self.feed(
             ServerFrame::Presence(PresenceFrame {
                 room_id: room.clone(),
@@ -200,28 +269,59 @@ impl Conn {
         let (mut page, mut rest) = (start.first, start.rest);
         while !page.is_empty() {
             for m in &page {
-                self.seen_offset = self.seen_offset.max(m.offset);
+                let sub = &mut self.subs[at];
+                sub.seen_offset = sub.seen_offset.max(m.offset);
                 self.feed(m.to_frame_json()).await?;
             }
             self.flush().await?;
             page = rest.next(&app, &room).await?;
         }
         self.flush().await?;
-        if recovered == Some(false)
-            && self
-                .admission
-                .since
-                .as_deref()
-                .is_some_and(|s| Since::parse(s).is_err())
-        {
-            self.send_refusal(FrameRefusal::BadSince, None).await?;
+        if recovered == Some(false) && since.as_deref().is_some_and(|s| Since::parse(s).is_err()) {
+            let room = self.admission.room.is_none().then_some(room);
+            self.send_refusal(FrameRefusal::BadSince, None, room)
+                .await?;
         }
         Ok(())
     }
 
-    fn user_event(&self) -> UserEventFrame {
+    /// Leaves the membership at `subs[at]`: the hub (unsubscribing the node
+    /// from the room when it was its last member), presence, and
+    /// `user_left` if this was the user's last connection in the room
+    /// anywhere.
+    async fn leave(&mut self, at: usize) {
+        let sub = self.subs.remove(at);
+        let app = self.app.clone();
+        let room = &sub.room;
+        if sub.in_hub
+            && app.hub.leave(room, sub.id)
+            && let Err(e) = app.backend.broker.unsubscribe(room).await
+        {
+            tracing::warn!(error = %e, "unsubscribe failed");
+        }
+        if sub.in_presence {
+            let user = &self.admission.user.user_id;
+            match app.backend.presence.remove(room, user, &sub.conn_key).await {
+                Ok(true) => {
+                    let left = ServerFrame::UserLeft(self.user_event(room));
+                    if let Err(e) = app
+                        .backend
+                        .broker
+                        .publish_event(room, left.to_json().into(), None)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "user_left not published");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence not updated on leave"),
+            }
+        }
+    }
+
+    fn user_event(&self, room: &RoomId) -> UserEventFrame {
         UserEventFrame {
-            room_id: self.admission.room.clone(),
+            room_id: room.clone(),
             user_id: self.admission.user.user_id.clone(),
             username: self.admission.user.username.clone(),
             timestamp: Timestamp::now(),
@@ -285,10 +385,16 @@ impl Conn {
             let mut next = Some(first);
             let mut n = 0;
             while let Some(out) = next.take() {
-                if out.offset == 0 || out.offset > self.seen_offset {
-                    if out.offset != 0 {
-                        self.seen_offset = out.offset;
+                // Frames of a room this socket has left since are dropped.
+                let fresh = match self.subs.binary_search_by_key(&out.to, |s| s.id) {
+                    Ok(i) if out.offset == 0 => Some(i),
+                    Ok(i) if out.offset > self.subs[i].seen_offset => {
+                        self.subs[i].seen_offset = out.offset;
+                        Some(i)
                     }
+                    _ => None,
+                };
+                if fresh.is_some() {
                     self.app.metrics.observe_fanout(out.published_at);
                     match Utf8Bytes::try_from(out.frame) {
                         Ok(text) => self
@@ -345,19 +451,19 @@ impl Conn {
         self.send(Message::Text(frame.to_json().into())).await
     }
 
-    /// An `error` frame for a refused frame that carried `client_id`.
+    /// An `error` frame for a refused frame that carried `client_id` (and,
+    /// on a multiplexed socket, named `room`).
     async fn send_refusal(
         &mut self,
         why: FrameRefusal,
         client_id: Option<String>,
+        room: Option<RoomId>,
     ) -> Result<(), End> {
-        let frame = ServerFrame::error_for(why.code(), why.to_string(), client_id);
+        let frame = ServerFrame::error_in(why.code(), why.to_string(), client_id, room);
         self.send_frame(frame).await
     }
 
-    /// Closes the socket (if the end calls for it), leaves the hub and
-    /// presence, and announces `user_left` if this was the user's last
-    /// connection in the room anywhere.
+    /// Closes the socket (if the end calls for it) and leaves every room.
     async fn finish(&mut self, end: End) {
         match end {
             End::PeerClosed | End::PeerGone => {
@@ -381,36 +487,8 @@ impl Conn {
             None => {}
         }
         self.outbox.close();
-        let app = self.app.clone();
-        let room = &self.admission.room;
-        if self.in_hub
-            && app.hub.leave(room, self.conn_id)
-            && let Err(e) = app.backend.broker.unsubscribe(room).await
-        {
-            tracing::warn!(error = %e, "unsubscribe failed");
-        }
-        if self.in_presence {
-            let user = &self.admission.user.user_id;
-            match app
-                .backend
-                .presence
-                .remove(room, user, &self.conn_key)
-                .await
-            {
-                Ok(true) => {
-                    let left = ServerFrame::UserLeft(self.user_event());
-                    if let Err(e) = app
-                        .backend
-                        .broker
-                        .publish_event(room, left.to_json().into(), None)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "user_left not published");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "presence not updated on leave"),
-            }
+        while !self.subs.is_empty() {
+            self.leave(self.subs.len() - 1).await;
         }
     }
 }

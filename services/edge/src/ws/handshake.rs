@@ -56,7 +56,17 @@ pub async fn by_path(
     query: Result<Query<WsQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
-    handshake(app, room, Some(user), query, req).await
+    handshake(app, Some(room), Some(user), query, req).await
+}
+
+/// `GET /ws?token=` (or `?user_id=&username=` with auth off): a
+/// multiplexed socket, in no room until it subscribes.
+pub async fn multiplexed(
+    State(app): State<Arc<App>>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    handshake(app, None, None, query, req).await
 }
 
 /// `GET /api/v1/chats/{room_id}/ws?token=`: the user is the token's subject.
@@ -66,7 +76,7 @@ pub async fn by_token(
     query: Result<Query<WsQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
-    handshake(app, room, None, query, req).await
+    handshake(app, Some(room), None, query, req).await
 }
 
 /// The client's `Sec-WebSocket-Key` if this is a version-13 upgrade request.
@@ -100,7 +110,7 @@ fn unavailable(app: &App, reason: &'static str, detail: &'static str) -> Respons
 
 async fn handshake(
     app: Arc<App>,
-    room: String,
+    room: Option<String>,
     url_user: Option<String>,
     query: Result<Query<WsQuery>, QueryRejection>,
     mut req: Request,
@@ -142,7 +152,16 @@ async fn handshake(
     let Some(slot) = app.reserve_slot() else {
         return unavailable(&app, "capacity", "node at connection capacity");
     };
-    let verdict = match admit(&app, &room, url_user, &query, req.headers(), client).await {
+    let verdict = match admit(
+        &app,
+        room.as_deref(),
+        url_user,
+        &query,
+        req.headers(),
+        client,
+    )
+    .await
+    {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "backend unavailable during handshake");
@@ -191,11 +210,12 @@ async fn handshake(
         .expect("valid response")
 }
 
-/// Decides who connects to which room. The outer error is a backend
-/// failure (HTTP 503), the inner one a refusal the client must see.
+/// Decides who connects to which room (`None`: a multiplexed socket, in no
+/// room yet). The outer error is a backend failure (HTTP 503), the inner
+/// one a refusal the client must see.
 async fn admit(
     app: &App,
-    room: &str,
+    room: Option<&str>,
     url_user: Option<String>,
     q: &WsQuery,
     headers: &HeaderMap,
@@ -230,10 +250,14 @@ async fn admit(
     let Ok(user_id) = UserId::parse(&user) else {
         return Ok(Err(Refusal::NotFound("user not found")));
     };
-    let Ok(room_id) = RoomId::parse(room) else {
-        return Ok(Err(Refusal::NotFound("room not found")));
+    let room_id = match room.map(RoomId::parse) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(_)) => return Ok(Err(Refusal::NotFound("room not found"))),
     };
-    if identity.as_ref().is_some_and(|id| !id.may_join(&room_id)) {
+    if let (Some(room_id), Some(id)) = (&room_id, &identity)
+        && !id.may_join(room_id)
+    {
         return Ok(Err(Refusal::Forbidden("room not allowed by the token")));
     }
     // With a token, the token says who this is: `?username=` counts only
@@ -248,20 +272,21 @@ async fn admit(
         return Ok(Err(Refusal::TooManyConnections));
     };
     // The application's connect hook, if any, has the last word (and may
-    // name the user).
+    // name the user, and the rooms it may be in).
     let hook_req = ConnectRequest {
-        room_id: room_id.as_str(),
+        room_id: room_id.as_ref().map(RoomId::as_str),
         user_id: user_id.as_str(),
         username: token_name.as_deref().or(query_name.as_deref()),
         claims: identity.as_ref().map(|id| &id.claims),
         node_id: &app.node_id,
         client_addr: client.map(|c| c.to_string()),
     };
-    let hook_name = match app.hooks.on_connect(&app.metrics, &hook_req).await {
-        None => None,
-        Some(Ok(ConnectVerdict::Allow { username })) => {
-            username.and_then(|n| validate_name("username", &n).ok())
-        }
+    let (hook_name, hook_rooms) = match app.hooks.on_connect(&app.metrics, &hook_req).await {
+        None => (None, None),
+        Some(Ok(ConnectVerdict::Allow { username, rooms })) => (
+            username.and_then(|n| validate_name("username", &n).ok()),
+            rooms,
+        ),
         Some(Ok(ConnectVerdict::Deny { code, reason })) => {
             return Ok(Err(Refusal::HookDenied(code, reason)));
         }
@@ -270,28 +295,48 @@ async fn admit(
     let token_name = hook_name.or(token_name);
     // A valid token vouches for its subject: the issuer's users need not be
     // created here first.
-    let policy = AdmitPolicy {
-        create_room: app.settings.websocket_auto_rooms(),
-        create_user_as: (identity.is_some() || app.settings.join_auto_users()).then(|| {
-            token_name
-                .clone()
-                .or_else(|| query_name.clone())
-                .unwrap_or_else(|| user_id.to_string())
-        }),
-    };
-    let stored = match app.backend.store.admit(&room_id, &user_id, &policy).await? {
-        Admitted::Member(user) => user,
-        Admitted::NoRoom => return Ok(Err(Refusal::NotFound("room not found"))),
-        Admitted::NoUser => return Ok(Err(Refusal::NotFound("user not found"))),
+    let create_user_as = (identity.is_some() || app.settings.join_auto_users()).then(|| {
+        token_name
+            .clone()
+            .or_else(|| query_name.clone())
+            .unwrap_or_else(|| user_id.to_string())
+    });
+    let stored_name = match &room_id {
+        Some(room_id) => {
+            let policy = AdmitPolicy {
+                create_room: app.settings.websocket_auto_rooms(),
+                create_user_as,
+            };
+            match app.backend.store.admit(room_id, &user_id, &policy).await? {
+                Admitted::Member(user) => user.username,
+                Admitted::NoRoom => return Ok(Err(Refusal::NotFound("room not found"))),
+                Admitted::NoUser => return Ok(Err(Refusal::NotFound("user not found"))),
+            }
+        }
+        None => match create_user_as {
+            Some(name) => {
+                app.backend
+                    .store
+                    .ensure_user(&user_id, &name)
+                    .await?
+                    .username
+            }
+            None => match app.backend.store.get_user(&user_id).await? {
+                Some(user) => user.username,
+                None => return Ok(Err(Refusal::NotFound("user not found"))),
+            },
+        },
     };
     Ok(Ok(Admission {
         room: room_id,
         user: PresenceUser {
             user_id,
-            username: token_name.or(query_name).unwrap_or(stored.username),
+            username: token_name.or(query_name).unwrap_or(stored_name),
         },
         since: q.since.clone().filter(|s| !s.is_empty()),
-        token_expires_at: identity.and_then(|id| id.expires_at),
+        token_expires_at: identity.as_ref().and_then(|id| id.expires_at),
+        token_rooms: identity.and_then(|id| id.rooms),
+        hook_rooms,
         seats: (Some(user_seat), None),
     }))
 }

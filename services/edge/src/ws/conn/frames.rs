@@ -1,6 +1,7 @@
 //! Frames from the client: rate limiting (per socket and per user),
 //! parsing, and what each one does
-//! (publish and ack, typing, ping). Anything refused becomes a
+//! (publish and ack, typing, ping; subscriptions and token refresh are in
+//! `subs`). Anything refused becomes a
 //! [`FrameRefusal`] (the application's publish hook may refuse a message
 //! too), which the error module turns into an `error` frame
 //! carrying the refused frame's `client_id`. The connection lives on after
@@ -9,7 +10,7 @@
 use std::time::Instant;
 
 use roomcast_core::broker::MessageDraft;
-use roomcast_protocol::{AckFrame, ClientFrame, ServerFrame, TypingFrame, client_id_of};
+use roomcast_protocol::{AckFrame, ClientFrame, RoomId, ServerFrame, TypingFrame, client_id_of};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Conn;
@@ -22,11 +23,84 @@ impl Conn {
         self.last_seen = Instant::now();
         let text = match msg {
             Message::Text(t) => t,
-            Message::Binary(_) => return self.refuse(FrameRefusal::Binary, None).await,
+            Message::Binary(_) => return self.refuse(FrameRefusal::Binary, None, None).await,
             Message::Close(_) => return Err(End::PeerClosed),
             // Pings are answered by tungstenite; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
+        let max = self.app.settings.websocket.max_content_bytes;
+        let parsed = ClientFrame::parse(&text, max);
+        // A multiplexed socket subscribes to its rooms in one burst when it
+        // (re)connects: subscribes do not spend the frame rate (the
+        // subscription cap bounds them; a subscribe/unsubscribe loop is
+        // bounded by the unsubscribes, which do).
+        if !matches!(parsed, Ok(ClientFrame::Subscribe { .. })) && !self.spend_rate(&text).await? {
+            return Ok(());
+        }
+        let frame = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                let client_id = e.client_id.clone();
+                return self.refuse(FrameRefusal::Invalid(e), client_id, None).await;
+            }
+        };
+        let named = frame
+            .room()
+            .cloned()
+            .filter(|_| self.admission.room.is_none());
+        if matches!(
+            frame,
+            ClientFrame::Message { .. }
+                | ClientFrame::Typing { .. }
+                | ClientFrame::Subscribe { .. }
+        ) && self.token_expired()
+        {
+            return self
+                .refuse(FrameRefusal::TokenExpired, client_id_of(&text), named)
+                .await;
+        }
+        match frame {
+            ClientFrame::Message {
+                content,
+                client_id,
+                room_id,
+            } => {
+                self.count("message");
+                match self.room_of(room_id) {
+                    Ok(room) => self.publish(room, content, client_id).await,
+                    Err(why) => self.refuse(why, client_id, named).await,
+                }
+            }
+            ClientFrame::Typing { is_typing, room_id } => {
+                self.count("typing");
+                match self.room_of(room_id) {
+                    Ok(room) => self.typing(room, is_typing).await,
+                    Err(why) => self.refuse(why, None, named).await,
+                }
+            }
+            ClientFrame::Ping => {
+                self.count("ping");
+                self.send_frame(ServerFrame::Pong).await
+            }
+            ClientFrame::Subscribe { room_id, since } => {
+                self.count("subscribe");
+                self.subscribe(room_id, since).await
+            }
+            ClientFrame::Unsubscribe { room_id } => {
+                self.count("unsubscribe");
+                self.unsubscribe(room_id).await
+            }
+            ClientFrame::Refresh { token } => {
+                self.count("refresh");
+                self.refresh(&token).await
+            }
+        }
+    }
+
+    /// Takes one frame from the socket's rate and its user's: true when
+    /// the frame may go on. Past either rate the frame is refused (the
+    /// client is told) or, flooding, the socket ends.
+    async fn spend_rate(&mut self, text: &str) -> Result<bool, End> {
         let now = Instant::now();
         // The socket's own rate, then its user's across all its sockets on
         // this node (ten sockets do not make ten times the rate).
@@ -41,76 +115,77 @@ impl Conn {
             verdict = self.rate.refuse(now);
         }
         match verdict {
-            Verdict::Accept => {}
+            Verdict::Accept => Ok(true),
             Verdict::Refuse => {
                 self.app
                     .metrics
                     .messages_dropped
                     .with_label_values(&["rate_limited"])
                     .inc();
-                return self
-                    .refuse(FrameRefusal::RateLimited, client_id_of(&text))
-                    .await;
+                self.refuse(FrameRefusal::RateLimited, client_id_of(text), None)
+                    .await?;
+                Ok(false)
             }
-            Verdict::Close => return Err(End::Flooding),
+            Verdict::Close => Err(End::Flooding),
         }
-        let max = self.app.settings.websocket.max_content_bytes;
-        let frame = match ClientFrame::parse(&text, max) {
-            Ok(f) => f,
+    }
+
+    /// The room a message or typing frame is for: a single-room socket's
+    /// own (it may name it, and no other); on a multiplexed socket, the
+    /// subscribed room it names.
+    fn room_of(&self, named: Option<RoomId>) -> Result<RoomId, FrameRefusal> {
+        match (&self.admission.room, named) {
+            (Some(own), None) => Ok(own.clone()),
+            (Some(own), Some(r)) if *own == r => Ok(r),
+            (Some(_), Some(_)) => Err(FrameRefusal::NotAllowed(
+                "this socket is in one room: send without room_id, or open a multiplexed socket (/ws)",
+            )),
+            (None, None) => Err(FrameRefusal::NotSubscribed(
+                "a multiplexed socket must name the room (room_id)",
+            )),
+            (None, Some(r)) if self.subs.iter().any(|s| s.room == r) => Ok(r),
+            (None, Some(_)) => Err(FrameRefusal::NotSubscribed(
+                "not subscribed to this room: subscribe first",
+            )),
+        }
+    }
+
+    /// `room_id` for frames to this socket about `room`: named on a
+    /// multiplexed socket, left out on a single-room one (the contract's
+    /// shapes).
+    pub(super) fn tag(&self, room: &RoomId) -> Option<RoomId> {
+        self.admission.room.is_none().then(|| room.clone())
+    }
+
+    async fn typing(&mut self, room: RoomId, is_typing: bool) -> Result<(), End> {
+        let frame = ServerFrame::Typing(TypingFrame {
+            room_id: room.clone(),
+            user_id: self.admission.user.user_id.clone(),
+            username: self.admission.user.username.clone(),
+            is_typing,
+        });
+        let published = self
+            .app
+            .backend
+            .broker
+            .publish_event(
+                &room,
+                frame.to_json().into(),
+                Some(self.admission.user.user_id.clone()),
+            )
+            .await;
+        match published {
+            Ok(()) => Ok(()),
             Err(e) => {
-                let client_id = e.client_id.clone();
-                return self.refuse(FrameRefusal::Invalid(e), client_id).await;
-            }
-        };
-        if matches!(
-            frame,
-            ClientFrame::Message { .. } | ClientFrame::Typing { .. }
-        ) && self.token_expired()
-        {
-            return self
-                .refuse(FrameRefusal::TokenExpired, client_id_of(&text))
-                .await;
-        }
-        match frame {
-            ClientFrame::Message { content, client_id } => {
-                self.count("message");
-                self.publish(content, client_id).await
-            }
-            ClientFrame::Typing { is_typing } => {
-                self.count("typing");
-                let frame = ServerFrame::Typing(TypingFrame {
-                    room_id: self.admission.room.clone(),
-                    user_id: self.admission.user.user_id.clone(),
-                    username: self.admission.user.username.clone(),
-                    is_typing,
-                });
-                let published = self
-                    .app
-                    .backend
-                    .broker
-                    .publish_event(
-                        &self.admission.room,
-                        frame.to_json().into(),
-                        Some(self.admission.user.user_id.clone()),
-                    )
-                    .await;
-                match published {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "typing not published");
-                        self.send_refusal(FrameRefusal::TypingNotSent(e), None)
-                            .await
-                    }
-                }
-            }
-            ClientFrame::Ping => {
-                self.count("ping");
-                self.send_frame(ServerFrame::Pong).await
+                tracing::warn!(error = %e, "typing not published");
+                let tag = self.tag(&room);
+                self.send_refusal(FrameRefusal::TypingNotSent(e), None, tag)
+                    .await
             }
         }
     }
 
-    fn token_expired(&self) -> bool {
+    pub(super) fn token_expired(&self) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -128,12 +203,23 @@ impl Conn {
     }
 
     /// Counts a refused frame under its label and tells the client.
-    async fn refuse(&mut self, why: FrameRefusal, client_id: Option<String>) -> Result<(), End> {
+    pub(super) async fn refuse(
+        &mut self,
+        why: FrameRefusal,
+        client_id: Option<String>,
+        room: Option<RoomId>,
+    ) -> Result<(), End> {
         self.count(why.label());
-        self.send_refusal(why, client_id).await
+        self.send_refusal(why, client_id, room).await
     }
 
-    async fn publish(&mut self, content: String, client_id: Option<String>) -> Result<(), End> {
+    async fn publish(
+        &mut self,
+        room: RoomId,
+        content: String,
+        client_id: Option<String>,
+    ) -> Result<(), End> {
+        let tag = self.tag(&room);
         // The application's publish hook, if it applies to this room, may
         // refuse the message or change it before anything is stored.
         let hooked = self
@@ -142,7 +228,7 @@ impl Conn {
             .on_publish(
                 &self.app.metrics,
                 &PublishRequest {
-                    room_id: self.admission.room.as_str(),
+                    room_id: room.as_str(),
                     user_id: self.admission.user.user_id.as_str(),
                     username: &self.admission.user.username,
                     content: &content,
@@ -158,21 +244,27 @@ impl Conn {
                     tracing::warn!(
                         "publish hook replaced a message with empty or oversized content"
                     );
-                    return self.send_refusal(FrameRefusal::HookFailed, client_id).await;
+                    return self
+                        .send_refusal(FrameRefusal::HookFailed, client_id, tag)
+                        .await;
                 }
                 new
             }
             Some(Ok(PublishVerdict::Reject(reason))) => {
                 return self
-                    .send_refusal(FrameRefusal::Rejected(reason), client_id)
+                    .send_refusal(FrameRefusal::Rejected(reason), client_id, tag)
                     .await;
             }
-            Some(Err(_)) => return self.send_refusal(FrameRefusal::HookFailed, client_id).await,
+            Some(Err(_)) => {
+                return self
+                    .send_refusal(FrameRefusal::HookFailed, client_id, tag)
+                    .await;
+            }
         };
         let started = Instant::now();
-        let mut span = self.app.telemetry.publish(self.admission.room.as_str());
+        let mut span = self.app.telemetry.publish(room.as_str());
         let draft = MessageDraft {
-            room: self.admission.room.clone(),
+            room: room.clone(),
             user_id: self.admission.user.user_id.clone(),
             username: self.admission.user.username.clone(),
             content,
@@ -198,12 +290,13 @@ impl Conn {
                     id: p.message.id,
                     offset: p.message.offset,
                     client_id,
+                    room_id: tag,
                 }))
                 .await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "message not published");
-                self.send_refusal(FrameRefusal::NotPublished(e), client_id)
+                self.send_refusal(FrameRefusal::NotPublished(e), client_id, tag)
                     .await
             }
         }

@@ -1,0 +1,137 @@
+//! A multiplexed socket's subscriptions (`subscribe`, `unsubscribe`) and
+//! the in-band token `refresh` every socket may send.
+//!
+//! A subscription is admitted by the rules a single-room socket meets at
+//! its handshake (the token's `rooms` claim, the connect hook's rooms, the
+//! room existing or auto-created), but a refusal is an `error` frame naming
+//! the room, not a close: the socket and its other rooms go on.
+
+use roomcast_core::store::{AdmitPolicy, Admitted};
+use roomcast_protocol::{RefreshedFrame, RoomId, RoomRef, ServerFrame};
+
+use super::Conn;
+use crate::error::{End, FrameRefusal};
+
+impl Conn {
+    pub(super) async fn subscribe(
+        &mut self,
+        room: RoomId,
+        since: Option<String>,
+    ) -> Result<(), End> {
+        let tag = Some(room.clone());
+        if let Err(why) = self.may_subscribe(&room).await {
+            return self.refuse(why, None, tag).await;
+        }
+        let id = self.app.next_conn_id();
+        match self.join(room, since.filter(|s| !s.is_empty()), id).await {
+            Ok(()) => Ok(()),
+            // The backend failed this room: undo it, keep the socket.
+            Err(End::Backend) => {
+                if let Ok(at) = self.subs.binary_search_by_key(&id, |s| s.id) {
+                    self.leave(at).await;
+                }
+                self.refuse(FrameRefusal::SubscribeFailed, None, tag).await
+            }
+            Err(end) => Err(end),
+        }
+    }
+
+    /// Whether this socket may subscribe to `room` now; creates the room
+    /// if auto-create allows it.
+    async fn may_subscribe(&mut self, room: &RoomId) -> Result<(), FrameRefusal> {
+        if self.admission.room.is_some() {
+            return Err(FrameRefusal::NotAllowed(
+                "this socket is in one room: open a multiplexed socket (/ws) to subscribe",
+            ));
+        }
+        if self.subs.iter().any(|s| s.room == *room) {
+            return Err(FrameRefusal::NotAllowed("already subscribed to this room"));
+        }
+        let max = self.app.settings.websocket.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(FrameRefusal::TooManySubscriptions(max));
+        }
+        if let Some(rooms) = &self.admission.token_rooms
+            && !rooms.contains(room)
+        {
+            return Err(FrameRefusal::NotAllowed("room not allowed by the token"));
+        }
+        if let Some(rooms) = &self.admission.hook_rooms
+            && !rooms.iter().any(|r| r == room.as_str())
+        {
+            return Err(FrameRefusal::NotAllowed(
+                "room not allowed by the application",
+            ));
+        }
+        let policy = AdmitPolicy {
+            create_room: self.app.settings.websocket_auto_rooms(),
+            create_user_as: Some(self.admission.user.username.clone()),
+        };
+        let user = &self.admission.user.user_id;
+        match self.app.backend.store.admit(room, user, &policy).await {
+            Ok(Admitted::Member(_)) => Ok(()),
+            Ok(Admitted::NoRoom) => Err(FrameRefusal::NotFound("room")),
+            Ok(Admitted::NoUser) => Err(FrameRefusal::NotFound("user")),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription not admitted");
+                Err(FrameRefusal::SubscribeFailed)
+            }
+        }
+    }
+
+    pub(super) async fn unsubscribe(&mut self, room: RoomId) -> Result<(), End> {
+        let tag = Some(room.clone());
+        if self.admission.room.is_some() {
+            let why = FrameRefusal::NotAllowed("this socket is in one room: close it to leave");
+            return self.refuse(why, None, tag).await;
+        }
+        let Some(at) = self.subs.iter().position(|s| s.room == room) else {
+            let why = FrameRefusal::NotSubscribed("not subscribed to this room");
+            return self.refuse(why, None, tag).await;
+        };
+        self.leave(at).await;
+        self.send_frame(ServerFrame::Unsubscribed(RoomRef { room_id: room }))
+            .await
+    }
+
+    /// Takes a fresh token for the same user: the socket may send again
+    /// past the old token's expiry. The new token's `rooms` claim applies
+    /// to the rooms the socket is in: a multiplexed socket leaves those it
+    /// no longer allows (`unsubscribed`); a single-room socket whose room
+    /// it does not allow keeps its old token.
+    pub(super) async fn refresh(&mut self, token: &str) -> Result<(), End> {
+        let refuse = |why: &str| FrameRefusal::BadRefresh(why.to_owned());
+        if !self.app.auth.enabled() {
+            let why = refuse("auth is off: there is no token to refresh");
+            return self.refuse(why, None, None).await;
+        }
+        let id = match self.app.auth.verify(Some(token)) {
+            Ok(id) => id,
+            Err(e) => return self.refuse(refuse(&e.to_string()), None, None).await,
+        };
+        if id.user_id != self.admission.user.user_id {
+            let why = refuse("the token is for another user");
+            return self.refuse(why, None, None).await;
+        }
+        if let Some(own) = &self.admission.room
+            && !id.may_join(own)
+        {
+            let why = refuse("the token does not allow this socket's room");
+            return self.refuse(why, None, None).await;
+        }
+        self.admission.token_expires_at = id.expires_at;
+        self.admission.token_rooms = id.rooms.clone();
+        if self.admission.room.is_none() {
+            while let Some(at) = self.subs.iter().position(|s| !id.may_join(&s.room)) {
+                let room = self.subs[at].room.clone();
+                self.leave(at).await;
+                self.send_frame(ServerFrame::Unsubscribed(RoomRef { room_id: room }))
+                    .await?;
+            }
+        }
+        self.send_frame(ServerFrame::Refreshed(RefreshedFrame {
+            expires_at: id.expires_at,
+        }))
+        .await
+    }
+}

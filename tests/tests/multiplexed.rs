@@ -365,3 +365,82 @@ async fn a_refreshed_token_keeps_a_socket_sending_past_the_first_ones_expiry() {
         .await;
     assert_eq!(next_error(&mut f).await["code"], "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_reaches_and_disconnects_a_user_on_every_node() {
+    let redis = RedisServer::start().await;
+    let key = "server-key-server-key";
+    let nodes = cluster(
+        &redis,
+        3,
+        &[("ALLOW_JOIN_AUTO_USERS", "true"), ("SERVER_API_KEY", key)],
+    )
+    .await;
+    let room = nodes[0].room("lobby").await;
+    // Alice has a multiplexed socket on every node (one of them in the
+    // lobby) and a single-room socket on the last.
+    let mut socks = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(&node.ws_url("/ws?user_id=alice")).await;
+        c.next_of("connected").await;
+        socks.push(c);
+    }
+    subscribe(&mut socks[0], &room, None).await;
+    let (mut single, _, _) = Client::join(&nodes[2].ws_url(&format!("/ws/{room}/alice"))).await;
+    let status = |n: usize, u: &'static str| {
+        let node = &nodes[n];
+        async move { node.get(&format!("/users/{u}/status")).await.json()["online"].clone() }
+    };
+    assert_eq!(status(1, "alice").await, true);
+    assert_eq!(status(1, "bob").await, false);
+
+    // A frame to alice reaches each multiplexed socket once, on every node.
+    let sent = nodes[1]
+        .post_as_server(
+            "/users/alice/messages",
+            &json!({"data": {"kind": "dm", "from": "bob", "text": "hi"}}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    for c in &mut socks {
+        let got = c.next_of("user_message").await;
+        assert_eq!(got["user_id"], "alice");
+        assert_eq!(
+            got["data"],
+            json!({"kind": "dm", "from": "bob", "text": "hi"})
+        );
+    }
+    // Only the backend may send or disconnect.
+    let anon = nodes[1]
+        .request("POST", "/users/alice/disconnect", &[], Some("{}"))
+        .await;
+    assert_eq!(anon.status, 401);
+    let bad = nodes[1]
+        .post_as_server("/users/alice/messages", &json!({"text": "no data"}))
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+
+    // Disconnecting alice closes all four sockets, cluster-wide.
+    let started = std::time::Instant::now();
+    let r = nodes[0]
+        .post_as_server("/users/alice/disconnect", &json!({"reconnect": false}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    for c in socks.iter_mut().chain(std::iter::once(&mut single)) {
+        assert_eq!(c.closed().await.code(), Some(4009));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "all closed in {took:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status(0, "alice").await != false {
+        assert!(tokio::time::Instant::now() < deadline, "alice still online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Allowed to come back: 4010.
+    let mut c = Client::connect(&nodes[1].ws_url("/ws?user_id=alice")).await;
+    c.next_of("connected").await;
+    nodes[2]
+        .post_as_server("/users/alice/disconnect", &json!({"reconnect": true}))
+        .await;
+    assert_eq!(c.closed().await.code(), Some(4010));
+}

@@ -92,6 +92,15 @@ pub trait Broker: Send + Sync + 'static {
         exclude_user: Option<UserId>,
     ) -> Result<(), BackendError>;
 
+    /// Queues `frame` to every socket of `user` that takes frames sent to
+    /// its user (multiplexed sockets), on every node. Not stored: a user
+    /// with no such socket gets nothing.
+    async fn send_to_user(&self, user: &UserId, frame: Bytes) -> Result<(), BackendError>;
+
+    /// Closes every socket of `user` on every node: to reconnect
+    /// (`reconnect`) or for good.
+    async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError>;
+
     /// Starts receiving `room`'s publishes on this node.
     async fn subscribe(&self, room: &RoomId) -> Result<(), BackendError>;
 
@@ -175,6 +184,16 @@ impl Broker for MemoryBroker {
             exclude_user,
             self.node.clone(),
         ));
+        Ok(())
+    }
+
+    async fn send_to_user(&self, user: &UserId, frame: Bytes) -> Result<(), BackendError> {
+        self.hub.to_user(user, &frame);
+        Ok(())
+    }
+
+    async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError> {
+        self.hub.kill_user(user, crate::hub::kill_reason(reconnect));
         Ok(())
     }
 

@@ -52,6 +52,19 @@ pub enum KillReason {
     /// history was reset, or the node lost its presence lease): the client
     /// must reconnect and resynchronize with `since`.
     Resync = 2,
+    /// The application disconnected the user and allows it to reconnect.
+    Disconnected = 3,
+    /// The application disconnected the user for good (do not reconnect).
+    Banned = 4,
+}
+
+/// The kill reason of an application's disconnect.
+pub fn kill_reason(reconnect: bool) -> KillReason {
+    if reconnect {
+        KillReason::Disconnected
+    } else {
+        KillReason::Banned
+    }
 }
 
 /// A local connection's membership of one room, as the hub sees it: an id
@@ -91,9 +104,22 @@ impl HubObserver for NoObserver {
     fn dropped_slow(&self, _: usize) {}
 }
 
+/// A local connection as its user's sockets are listed (for frames to the
+/// user, and to disconnect the user).
+#[derive(Debug, Clone)]
+struct UserSocket {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    /// Receives frames sent to the user (multiplexed sockets; a single-room
+    /// socket speaks only its room's frames).
+    personal: bool,
+}
+
 /// This node's rooms.
 pub struct Hub {
     rooms: Sharded<HashMap<RoomId, Vec<Member>>>,
+    /// Every local connection, by user.
+    users: Sharded<HashMap<UserId, Vec<UserSocket>>>,
     active_rooms: AtomicUsize,
     observer: Arc<dyn HubObserver>,
 }
@@ -116,6 +142,7 @@ impl Hub {
     pub fn new(observer: Arc<dyn HubObserver>) -> Self {
         Self {
             rooms: Sharded::new(64),
+            users: Sharded::new(64),
             active_rooms: AtomicUsize::new(0),
             observer,
         }
@@ -151,6 +178,61 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// Lists connection `conn` of `user` (for [`to_user`](Self::to_user)
+    /// when `personal`, and [`kill_user`](Self::kill_user)) until
+    /// [`remove_socket`](Self::remove_socket).
+    pub fn add_socket(&self, user: &UserId, conn: ConnId, outbox: Arc<Outbox>, personal: bool) {
+        let mut shard = self.users.shard(user).write();
+        shard.entry(user.clone()).or_default().push(UserSocket {
+            conn,
+            outbox,
+            personal,
+        });
+    }
+
+    pub fn remove_socket(&self, user: &UserId, conn: ConnId) {
+        let mut shard = self.users.shard(user).write();
+        if let Some(socks) = shard.get_mut(user) {
+            socks.retain(|s| s.conn != conn);
+            if socks.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// Queues `frame` to every local socket of `user` that takes frames
+    /// sent to its user; how many got it. A full queue closes that socket
+    /// as a slow consumer, as room deliveries do.
+    pub fn to_user(&self, user: &UserId, frame: &bytes::Bytes) -> usize {
+        let shard = self.users.shard(user).read();
+        let Some(socks) = shard.get(user) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for s in socks.iter().filter(|s| s.personal) {
+            let out = Outbound {
+                frame: frame.clone(),
+                offset: 0,
+                published_at: Timestamp::now(),
+                to: s.conn,
+            };
+            match s.outbox.push(out) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full) => s.outbox.kill(KillReason::SlowConsumer),
+                Err(PushError::Closed) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Asks every local socket of `user` to close with `reason`; how many.
+    pub fn kill_user(&self, user: &UserId, reason: KillReason) -> usize {
+        let shard = self.users.shard(user).read();
+        let socks = shard.get(user).map_or(&[][..], |s| &s[..]);
+        socks.iter().for_each(|s| s.outbox.kill(reason));
+        socks.len()
     }
 
     /// Whether any local connection is in `room`.

@@ -126,6 +126,8 @@ impl Outbox {
         match self.killed.load(Ordering::Acquire) {
             1 => Some(KillReason::SlowConsumer),
             2 => Some(KillReason::Resync),
+            3 => Some(KillReason::Disconnected),
+            4 => Some(KillReason::Banned),
             _ => None,
         }
     }

@@ -44,6 +44,9 @@ pub trait Presence: Send + Sync + 'static {
     /// Users online across all rooms (a user in two rooms counts twice).
     async fn online_count(&self) -> Result<u64, BackendError>;
 
+    /// Whether `user` is online in any room, on any node.
+    async fn is_online(&self, user: &UserId) -> Result<bool, BackendError>;
+
     /// [`add`](Self::add) then [`list`](Self::list), as one step where the
     /// backend can: whether this is the user's first connection in the
     /// room, and everyone online (this connection included).
@@ -205,6 +208,10 @@ impl Presence for MemoryPresence {
             .collect();
         users.sort();
         Ok(users)
+    }
+
+    async fn is_online(&self, user: &UserId) -> Result<bool, BackendError> {
+        Ok(self.state.lock().users.contains_key(user))
     }
 
     async fn online_count(&self) -> Result<u64, BackendError> {

@@ -53,6 +53,11 @@ pub enum Op<'a> {
     ReadHistory(&'a str),
     ReadPresence(&'a str),
     Publish(&'a str),
+    /// A frame to a user's sockets; disconnecting a user: the backend's.
+    SendToUser(&'a str),
+    DisconnectUser(&'a str),
+    /// Whether a user is online.
+    UserStatus(&'a str),
     Metrics,
     /// Health, readiness, the page and the client module.
     Public,
@@ -72,6 +77,9 @@ impl<'a> Op<'a> {
             (["users"], true, _) => Op::ListUsers,
             (["users"], _, true) => Op::CreateUser,
             (["users", id], true, _) => Op::ReadUser(id),
+            (["users", id, "messages"], _, true) => Op::SendToUser(id),
+            (["users", id, "disconnect"], _, true) => Op::DisconnectUser(id),
+            (["users", id, "status"], true, _) => Op::UserStatus(id),
             (["rooms"], true, _) => Op::ListRooms,
             (["rooms"], _, true) => Op::CreateRoom,
             (["rooms", id], true, _) => Op::ReadRoom(id),
@@ -170,13 +178,13 @@ impl Access {
                 return deny(ApiError::NotFound("Not Found"), "not_found");
             }
             Op::Metrics => return Ok(()),
-            Op::Publish(_) => {
+            Op::Publish(_) | Op::SendToUser(_) | Op::DisconnectUser(_) => {
                 return match caller {
                     Server => Ok(()),
                     _ if self.server_key.is_none() => unauthorized(
-                        "server-side publishing is disabled: SERVER_API_KEY (PUBLISH_API_KEY) is not set",
+                        "the application backend's routes are disabled: SERVER_API_KEY (PUBLISH_API_KEY) is not set",
                     ),
-                    User(_) => forbidden("publishing over REST needs the server key"),
+                    User(_) => forbidden("only the application backend (server key) may do this"),
                     Anonymous => unauthorized("missing or wrong server key"),
                 };
             }
@@ -193,6 +201,8 @@ impl Access {
             (User(_), Op::ListUsers | Op::CreateUser | Op::ListRooms) => {
                 forbidden("only the application backend (server key) may do this")
             }
+            // Who is online is what a chat's contact list shows everyone.
+            (User(_), Op::UserStatus(_)) => Ok(()),
             (User(id), Op::ReadUser(user)) if id.user_id.as_str() == user => Ok(()),
             (User(_), Op::ReadUser(_)) => forbidden("a user may read only itself"),
             (User(_), Op::CreateRoom) if self.users_create_rooms => Ok(()),

@@ -263,11 +263,14 @@ pub enum End {
     Protocol,
     HeartbeatTimeout,
     Backend,
+    /// The application disconnected the user (`reconnect` allowed or not).
+    Disconnected,
+    Banned,
 }
 
 impl End {
     /// Every end, for metrics that list each label from start-up.
-    pub const ALL: [End; 11] = [
+    pub const ALL: [End; 13] = [
         End::PeerClosed,
         End::PeerGone,
         End::Draining,
@@ -279,6 +282,8 @@ impl End {
         End::Protocol,
         End::HeartbeatTimeout,
         End::Backend,
+        End::Disconnected,
+        End::Banned,
     ];
 
     pub fn close(self) -> Option<(CloseCode, &'static str)> {
@@ -293,6 +298,8 @@ impl End {
             End::Protocol => Some((CloseCode::Protocol, "protocol error")),
             End::HeartbeatTimeout => Some((CloseCode::GoingAway, "heartbeat timeout")),
             End::Backend => Some((CloseCode::Internal, "backend unavailable; reconnect")),
+            End::Disconnected => Some((CloseCode::Disconnected, "disconnected; you may reconnect")),
+            End::Banned => Some((CloseCode::Banned, "disconnected; do not reconnect")),
         }
     }
 
@@ -308,6 +315,7 @@ impl End {
             End::InvalidUtf8 | End::Protocol => "protocol",
             End::HeartbeatTimeout => "heartbeat",
             End::Backend => "error",
+            End::Disconnected | End::Banned => "disconnected",
         }
     }
 
@@ -315,6 +323,8 @@ impl End {
         match reason {
             KillReason::SlowConsumer => End::SlowConsumer,
             KillReason::Resync => End::Resync,
+            KillReason::Disconnected => End::Disconnected,
+            KillReason::Banned => End::Banned,
         }
     }
 

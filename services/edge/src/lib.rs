@@ -10,6 +10,8 @@
 //!   (CORS, the caller, its rate limits, the access table).
 //! - [`ws`]: the WebSocket handshake and the per-connection task.
 //! - [`access`]: the access table (who may call which route).
+//! - [`control`]: the application's control of users (frames to a user,
+//!   status, disconnect).
 //! - [`hooks`]: the application's connect and publish hooks.
 //! - [`webhooks`]: the dispatcher that delivers the backend's events.
 //! - [`limits`]: per-caller limits (rates, connection counts, client address).
@@ -24,6 +26,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod deadline;
 pub mod error;
 pub mod gate;

@@ -27,13 +27,16 @@ use serde::de::DeserializeOwned;
 use crate::access::Caller;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::{gate, ws};
+use crate::{control, gate, ws};
 
 /// Every route of the node.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/users", post(create_user).get(list_users))
         .route("/users/{id}", get(get_user))
+        .route("/users/{id}/messages", post(control::send))
+        .route("/users/{id}/disconnect", post(control::disconnect))
+        .route("/users/{id}/status", get(control::status))
         .route("/rooms", post(create_room).get(list_rooms))
         .route("/rooms/{id}", get(get_room))
         .route("/rooms/{id}/join", post(join_room))

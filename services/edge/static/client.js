@@ -24,7 +24,7 @@ export const State = Object.freeze({
 });
 
 /** Close codes after which retrying cannot help (bad token, forbidden, not found). */
-const FATAL = new Set([4001, 4003, 4004]);
+const FATAL = new Set([4001, 4003, 4004, 4009]);
 /** Close codes that mean "reconnect now, elsewhere" (node draining / going away). */
 const RIGHT_AWAY = new Set([1001, 1012]);
 /** Error codes after which a send is tried again (same client_id): the

@@ -89,6 +89,10 @@ pub enum CloseCode {
     Forbidden,
     /// 4004: room or user not found (and auto-create is off).
     NotFound,
+    /// 4009: the application disconnected the user; do not reconnect.
+    Banned,
+    /// 4010: the application disconnected the user; reconnecting is allowed.
+    Disconnected,
     /// 4000-4999 as the application's connect hook chose it.
     Application(u16),
 }
@@ -108,6 +112,8 @@ impl CloseCode {
             CloseCode::Unauthorized => 4001,
             CloseCode::Forbidden => 4003,
             CloseCode::NotFound => 4004,
+            CloseCode::Banned => 4009,
+            CloseCode::Disconnected => 4010,
             CloseCode::Application(code) => code,
         }
     }
@@ -126,6 +132,8 @@ impl CloseCode {
             CloseCode::Unauthorized,
             CloseCode::Forbidden,
             CloseCode::NotFound,
+            CloseCode::Banned,
+            CloseCode::Disconnected,
         ]
         .into_iter()
         .find(|c| c.code() == code)

@@ -25,5 +25,6 @@ pub use ids::{IdError, MAX_ID_LEN, RoomId, UserId};
 pub use server::{
     AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceFrame, PresenceUser,
     RefreshedFrame, RoomRef, ServerFrame, SubscribedFrame, TypingFrame, UserEventFrame,
+    UserMessageFrame,
 };
 pub use timestamp::{Timestamp, TimestampError};

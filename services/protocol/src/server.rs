@@ -24,6 +24,7 @@ pub enum ServerFrame {
     Subscribed(SubscribedFrame),
     Unsubscribed(RoomRef),
     Refreshed(RefreshedFrame),
+    UserMessage(UserMessageFrame),
 }
 
 impl ServerFrame {
@@ -224,4 +225,15 @@ pub struct RefreshedFrame {
     /// When the new token expires (seconds since the epoch), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+}
+
+/// A frame the application sent to one user (`POST /users/{id}/messages`),
+/// on every multiplexed socket of that user: direct messages,
+/// notifications, app events. Not stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMessageFrame {
+    pub user_id: UserId,
+    /// The application's payload, as it gave it.
+    pub data: serde_json::Value,
+    pub timestamp: Timestamp,
 }

@@ -144,6 +144,21 @@ impl Broker for RedisBroker {
             .await
     }
 
+    async fn send_to_user(&self, user: &UserId, frame: Bytes) -> Result<(), BackendError> {
+        let mut payload = format!("u {user} ").into_bytes();
+        payload.extend_from_slice(&frame);
+        self.redis
+            .publish(self.redis.keys.control_channel(), payload)
+            .await
+    }
+
+    async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError> {
+        let payload = format!("k {} {user}", u8::from(reconnect));
+        self.redis
+            .publish(self.redis.keys.control_channel(), payload)
+            .await
+    }
+
     async fn subscribe(&self, room: &RoomId) -> Result<(), BackendError> {
         if self.shared.subscribed.read().contains(room) {
             return Ok(());

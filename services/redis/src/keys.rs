@@ -87,6 +87,13 @@ impl Keys {
     pub fn channel_prefix(&self) -> String {
         self.k(&["ch", ""])
     }
+    /// The cluster's control channel, which every node subscribes to:
+    /// frames to a user (`u <user> <frame>`) and user disconnects
+    /// (`k <reconnect 0/1> <user>`), for whichever nodes hold the user's
+    /// sockets.
+    pub fn control_channel(&self) -> String {
+        self.k(&["ctl"])
+    }
     /// A node's own channel, for the pub/sub round-trip health check.
     pub fn node_channel(&self, node: &str) -> String {
         self.k(&["nodech", node])

@@ -210,6 +210,20 @@ impl Presence for RedisPresence {
             .await
     }
 
+    async fn is_online(&self, user: &UserId) -> Result<bool, BackendError> {
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let n: u64 = redis::cmd("SCARD")
+                    .arg(self.redis.keys.user_conns(user))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
     /// Users online across all rooms (a user in two rooms counts twice).
     async fn online_count(&self) -> Result<u64, BackendError> {
         let k = &self.redis.keys;

@@ -39,7 +39,7 @@ use roomcast_core::envelope::Envelope;
 use roomcast_core::history::History;
 use roomcast_core::hub::{Hub, KillReason};
 use roomcast_core::{BackendError, BackendStats};
-use roomcast_protocol::{RoomId, Timestamp};
+use roomcast_protocol::{RoomId, Timestamp, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -193,7 +193,9 @@ impl PubSubSession {
             .map_err(|_| PubSubError::ConnectTimeout)??;
         let (mut sink, mut stream) = pubsub.split();
         let node_channel = self.redis.keys.node_channel(&self.node);
+        let control_channel = self.redis.keys.control_channel();
         sink.subscribe(&node_channel).await?;
+        sink.subscribe(&control_channel).await?;
         // Resubscribe every room this node serves, then fill what was
         // published while we were away.
         let rooms = self.hub.local_rooms();
@@ -263,6 +265,8 @@ impl PubSubSession {
                     if channel == node_channel {
                         waiting_since = None;
                         self.set_up(true);
+                    } else if channel == control_channel {
+                        control(&self.hub, msg.get_payload_bytes());
                     } else if let Some(room) = channel.strip_prefix(&channel_prefix).and_then(|r| RoomId::parse(r).ok()) {
                         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                         self.on_publish(room, payload).await?;
@@ -441,5 +445,33 @@ impl PubSubSession {
             c.last = env.offset;
         }
         Ok(())
+    }
+}
+
+/// Carries out a message of the control channel (`Keys::control_channel`)
+/// on this node's sockets. Best effort like every publish: a node whose
+/// pub/sub is down misses it (and is not ready meanwhile).
+fn control(hub: &Hub, payload: &[u8]) {
+    let mut parts = payload.splitn(3, |b| *b == b' ');
+    let (Some(kind), Some(a), rest) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    let user = |id: &[u8]| {
+        std::str::from_utf8(id)
+            .ok()
+            .and_then(|u| UserId::parse(u).ok())
+    };
+    match (kind, rest) {
+        (b"u", Some(frame)) => {
+            if let Some(user) = user(a) {
+                hub.to_user(&user, &Bytes::copy_from_slice(frame));
+            }
+        }
+        (b"k", Some(id)) => {
+            if let Some(user) = user(id) {
+                hub.kill_user(&user, roomcast_core::hub::kill_reason(a == b"1"));
+            }
+        }
+        _ => tracing::debug!("unreadable control message"),
     }
 }

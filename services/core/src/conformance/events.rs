@@ -39,7 +39,9 @@ pub async fn presence_changes_record_room_member_and_user_events(make: &MakeBack
         user_id: user("u1"),
         username: "U1".into(),
     };
+    assert!(!b.presence.is_online(&pu.user_id).await.unwrap());
     b.presence.add(&r1, &pu, "n/1").await.unwrap();
+    assert!(b.presence.is_online(&pu.user_id).await.unwrap());
     assert_eq!(
         drain(&*q).await,
         [
@@ -72,7 +74,12 @@ pub async fn presence_changes_record_room_member_and_user_events(make: &MakeBack
             (RoomVacated, s1, None, None),
         ]
     );
+    assert!(
+        b.presence.is_online(&pu.user_id).await.unwrap(),
+        "in r2 still"
+    );
     b.presence.remove(&r2, &pu.user_id, "n/3").await.unwrap();
+    assert!(!b.presence.is_online(&pu.user_id).await.unwrap());
     assert_eq!(
         drain(&*q).await,
         [

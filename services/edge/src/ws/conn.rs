@@ -163,7 +163,16 @@ struct Sub {
 
 impl Conn {
     /// A single-room socket joins its room; a multiplexed one says who it is.
+    /// Either is listed as a socket of its user (to be disconnected with
+    /// it; a multiplexed one also receives frames sent to the user).
     async fn start(&mut self) -> Result<(), End> {
+        let personal = self.admission.room.is_none();
+        self.app.hub.add_socket(
+            &self.admission.user.user_id,
+            self.conn_id,
+            self.outbox.clone(),
+            personal,
+        );
         match self.admission.room.clone() {
             Some(room) => {
                 let since = self.admission.since.clone();
@@ -387,14 +396,16 @@ impl Conn {
             while let Some(out) = next.take() {
                 // Frames of a room this socket has left since are dropped.
                 let fresh = match self.subs.binary_search_by_key(&out.to, |s| s.id) {
-                    Ok(i) if out.offset == 0 => Some(i),
+                    Ok(_) if out.offset == 0 => true,
                     Ok(i) if out.offset > self.subs[i].seen_offset => {
                         self.subs[i].seen_offset = out.offset;
-                        Some(i)
+                        true
                     }
-                    _ => None,
+                    Ok(_) => false,
+                    // A frame sent to the user (multiplexed sockets only).
+                    Err(_) => out.to == self.conn_id && self.admission.room.is_none(),
                 };
-                if fresh.is_some() {
+                if fresh {
                     self.app.metrics.observe_fanout(out.published_at);
                     match Utf8Bytes::try_from(out.frame) {
                         Ok(text) => self
@@ -487,6 +498,9 @@ impl Conn {
             None => {}
         }
         self.outbox.close();
+        self.app
+            .hub
+            .remove_socket(&self.admission.user.user_id, self.conn_id);
         while !self.subs.is_empty() {
             self.leave(self.subs.len() - 1).await;
         }

@@ -444,3 +444,62 @@ async fn the_application_reaches_and_disconnects_a_user_on_every_node() {
         .await;
     assert_eq!(c.closed().await.code(), Some(4010));
 }
+
+/// A watcher on one node follows users who come and go on others: a
+/// `status` for each at once, then one per change (a second tab is no
+/// change; the last one leaving is).
+async fn watch_statuses(nodes: &[Edge]) {
+    let node = |i: usize| &nodes[i % nodes.len()];
+    let room = node(0).room("lobby").await;
+    let mut w = Client::connect(&node(1).ws_url("/ws?user_id=watcher")).await;
+    w.next_of("connected").await;
+    w.send_json(&json!({"type": "watch", "user_ids": ["gina", "hank"]}))
+        .await;
+    let mut first = vec![w.next_of("status").await, w.next_of("status").await];
+    first.sort_by_key(|s| s["user_id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        first,
+        [
+            json!({"type": "status", "user_id": "gina", "online": false}),
+            json!({"type": "status", "user_id": "hank", "online": false})
+        ]
+    );
+    let (gina, _, _) = Client::join(&node(2).ws_url(&format!("/ws/{room}/gina"))).await;
+    assert_eq!(
+        w.next_of("status").await,
+        json!({"type": "status", "user_id": "gina", "online": true})
+    );
+    let (tab2, _, _) = Client::join(&node(0).ws_url(&format!("/ws/{room}/gina"))).await;
+    drop(gina);
+    drop(tab2);
+    assert_eq!(
+        w.next_of("status").await,
+        json!({"type": "status", "user_id": "gina", "online": false}),
+        "one change for two tabs: online once, offline once"
+    );
+    // Unwatched: no more news of hank.
+    w.send_json(&json!({"type": "unwatch", "user_ids": ["hank"]}))
+        .await;
+    w.send_json(&json!({"type": "ping"})).await;
+    w.next_of("pong").await;
+    let (_hank, _, _) = Client::join(&node(2).ws_url(&format!("/ws/{room}/hank"))).await;
+    let (_gina, _, _) = Client::join(&node(2).ws_url(&format!("/ws/{room}/gina"))).await;
+    assert_eq!(
+        w.next_of("status").await,
+        json!({"type": "status", "user_id": "gina", "online": true}),
+        "hank's coming was not reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_follows_users_across_nodes() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 3, &[("ALLOW_JOIN_AUTO_USERS", "true")]).await;
+    watch_statuses(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_follows_users_on_the_embedded_backend() {
+    let edge = Edge::in_process(&[("ALLOW_JOIN_AUTO_USERS", "true")]).await;
+    watch_statuses(std::slice::from_ref(&edge)).await;
+}

@@ -83,11 +83,10 @@ impl Backend {
         let events = recording
             .is_on()
             .then(|| Arc::new(MemoryEvents::new(recording)));
+        let presence = MemoryPresence::new(hub.clone(), events.clone());
         let mut broker = MemoryBroker::new(history.clone(), hub, node_id);
-        let mut presence = MemoryPresence::default();
         if let Some(q) = &events {
             broker = broker.with_events(q.clone());
-            presence = MemoryPresence::with_events(q.clone());
         }
         Backend {
             store: Arc::new(MemoryStore::new(max_users, max_rooms)),

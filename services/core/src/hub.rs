@@ -120,6 +120,8 @@ pub struct Hub {
     rooms: Sharded<HashMap<RoomId, Vec<Member>>>,
     /// Every local connection, by user.
     users: Sharded<HashMap<UserId, Vec<UserSocket>>>,
+    /// Local sockets following a user's status, by the user followed.
+    watchers: Sharded<HashMap<UserId, Vec<UserSocket>>>,
     active_rooms: AtomicUsize,
     observer: Arc<dyn HubObserver>,
 }
@@ -143,6 +145,7 @@ impl Hub {
         Self {
             rooms: Sharded::new(64),
             users: Sharded::new(64),
+            watchers: Sharded::new(64),
             active_rooms: AtomicUsize::new(0),
             observer,
         }
@@ -225,6 +228,56 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Socket `conn` follows `user`'s status (frames come with `to: conn`).
+    pub fn watch(&self, user: &UserId, conn: ConnId, outbox: Arc<Outbox>) {
+        let mut shard = self.watchers.shard(user).write();
+        let list = shard.entry(user.clone()).or_default();
+        if !list.iter().any(|s| s.conn == conn) {
+            list.push(UserSocket {
+                conn,
+                outbox,
+                personal: true,
+            });
+        }
+    }
+
+    pub fn unwatch(&self, user: &UserId, conn: ConnId) {
+        let mut shard = self.watchers.shard(user).write();
+        if let Some(list) = shard.get_mut(user) {
+            list.retain(|s| s.conn != conn);
+            if list.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// `user` came online or went offline (cluster-wide): tells the local
+    /// sockets that follow it.
+    pub fn status_changed(&self, user: &UserId, online: bool) {
+        let shard = self.watchers.shard(user).read();
+        let Some(list) = shard.get(user) else {
+            return;
+        };
+        let frame = bytes::Bytes::from(
+            roomcast_protocol::ServerFrame::Status(roomcast_protocol::StatusFrame {
+                user_id: user.clone(),
+                online,
+            })
+            .to_json(),
+        );
+        for s in list {
+            let out = Outbound {
+                frame: frame.clone(),
+                offset: 0,
+                published_at: Timestamp::now(),
+                to: s.conn,
+            };
+            if let Err(PushError::Full) = s.outbox.push(out) {
+                s.outbox.kill(KillReason::SlowConsumer);
+            }
+        }
     }
 
     /// Asks every local socket of `user` to close with `reason`; how many.

@@ -16,6 +16,7 @@ use roomcast_protocol::{PresenceUser, RoomId, UserId};
 use crate::BackendError;
 use crate::broker::Broker;
 use crate::events::{Event, EventName, MemoryEvents};
+use crate::hub::Hub;
 
 /// The cluster-wide key of connection `conn` of `node`: `<node>/<conn>`
 /// (node ids cannot contain `/`).
@@ -93,6 +94,8 @@ pub trait Presence: Send + Sync + 'static {
 pub struct MemoryPresence {
     state: Mutex<State>,
     events: Option<std::sync::Arc<MemoryEvents>>,
+    /// Told when a user comes online or goes offline (status followers).
+    hub: Option<std::sync::Arc<Hub>>,
 }
 
 #[derive(Debug, Default)]
@@ -109,11 +112,19 @@ struct Online {
 }
 
 impl MemoryPresence {
-    /// Presence that queues its webhook events in `events`.
-    pub fn with_events(events: std::sync::Arc<MemoryEvents>) -> Self {
+    /// Presence that tells `hub` when a user comes online or goes offline,
+    /// and queues its webhook events in `events`, if any.
+    pub fn new(hub: std::sync::Arc<Hub>, events: Option<std::sync::Arc<MemoryEvents>>) -> Self {
         Self {
             state: Mutex::default(),
-            events: Some(events),
+            events,
+            hub: Some(hub),
+        }
+    }
+
+    fn status(&self, user: &UserId, online: bool) {
+        if let Some(hub) = &self.hub {
+            hub.status_changed(user, online);
         }
     }
 
@@ -153,6 +164,7 @@ impl Presence for MemoryPresence {
         let id = &user.user_id;
         if *anywhere == 1 {
             self.emit(|| Event::user(EventName::UserOnline, id));
+            self.status(id, true);
         }
         if occupied {
             self.emit(|| Event::room(EventName::RoomOccupied, room));
@@ -189,6 +201,7 @@ impl Presence for MemoryPresence {
             if *n == 0 {
                 users.remove(user);
                 self.emit(|| Event::user(EventName::UserOffline, user));
+                self.status(user, false);
             }
         }
         Ok(last)

@@ -187,6 +187,8 @@ pub enum FrameRefusal {
     NotSubscribed(&'static str),
     #[error("at most {0} subscriptions per connection")]
     TooManySubscriptions(usize),
+    #[error("at most {0} watched users per connection")]
+    TooManyWatched(usize),
     /// A subscription could not be set up (the backend failed); the
     /// socket stays, without it.
     #[error("subscription not set up; try again")]
@@ -219,7 +221,9 @@ impl FrameRefusal {
             FrameRefusal::NotFound(_) => ErrorCode::NotFound,
             FrameRefusal::NotAllowed(_) => ErrorCode::Forbidden,
             FrameRefusal::NotSubscribed(_) => ErrorCode::NotSubscribed,
-            FrameRefusal::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+            FrameRefusal::TooManySubscriptions(_) | FrameRefusal::TooManyWatched(_) => {
+                ErrorCode::TooManySubscriptions
+            }
             FrameRefusal::SubscribeFailed => ErrorCode::Unavailable,
             FrameRefusal::BadRefresh(_) => ErrorCode::Unauthorized,
         }
@@ -241,6 +245,7 @@ impl FrameRefusal {
             | FrameRefusal::TooManySubscriptions(_)
             | FrameRefusal::SubscribeFailed => "subscribe",
             FrameRefusal::NotSubscribed(_) => "forbidden",
+            FrameRefusal::TooManyWatched(_) => "watch",
             FrameRefusal::BadRefresh(_) => "refresh",
         }
     }

@@ -29,13 +29,14 @@ use crate::error::{End, Refusal};
 
 /// `type` values of `roomcast_messages_received_total`: frames handled, and
 /// frames refused (see `FrameRefusal::label`).
-pub const RECEIVED_TYPES: [&str; 10] = [
+pub const RECEIVED_TYPES: [&str; 11] = [
     "message",
     "typing",
     "ping",
     "subscribe",
     "unsubscribe",
     "refresh",
+    "watch",
     "binary",
     "rate_limited",
     "forbidden",

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::{ErrorCode, RoomId};
+use crate::{ErrorCode, RoomId, UserId};
 
 /// The longest `client_id` echoed back in `ack` and `message`, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
@@ -45,6 +45,11 @@ pub enum ClientFrame {
     Unsubscribe { room_id: RoomId },
     /// A fresh token for the same user, before the current one expires.
     Refresh { token: String },
+    /// Multiplexed socket: follow whether these users are online (a
+    /// `status` for each now, then one per change).
+    Watch { user_ids: Vec<UserId> },
+    /// Multiplexed socket: stop following these users.
+    Unwatch { user_ids: Vec<UserId> },
 }
 
 impl ClientFrame {
@@ -57,7 +62,10 @@ impl ClientFrame {
             ClientFrame::Subscribe { room_id, .. } | ClientFrame::Unsubscribe { room_id } => {
                 Some(room_id)
             }
-            ClientFrame::Ping | ClientFrame::Refresh { .. } => None,
+            ClientFrame::Ping
+            | ClientFrame::Refresh { .. }
+            | ClientFrame::Watch { .. }
+            | ClientFrame::Unwatch { .. } => None,
         }
     }
 }
@@ -151,17 +159,18 @@ impl ClientFrame {
                     room_id: None,
                 }
             }
-            Some("message" | "typing" | "ping" | "subscribe" | "unsubscribe" | "refresh") => {
-                serde_json::from_str(text)
-                    .map_err(|e| FrameError::new(ErrorCode::InvalidJson, e.to_string()))?
-            }
+            Some(
+                "message" | "typing" | "ping" | "subscribe" | "unsubscribe" | "refresh" | "watch"
+                | "unwatch",
+            ) => serde_json::from_str(text)
+                .map_err(|e| FrameError::new(ErrorCode::InvalidJson, e.to_string()))?,
             Some(other) => {
                 let shown: String = other.chars().take(32).collect();
                 return Err(FrameError::new(
                     ErrorCode::UnknownType,
                     format!(
                         "unknown frame type {shown:?}; expected message, typing, ping, \
-                         subscribe, unsubscribe or refresh"
+                         subscribe, unsubscribe, refresh, watch or unwatch"
                     ),
                 ));
             }

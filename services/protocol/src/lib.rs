@@ -24,7 +24,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use ids::{IdError, MAX_ID_LEN, RoomId, UserId};
 pub use server::{
     AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceFrame, PresenceUser,
-    RefreshedFrame, RoomRef, ServerFrame, SubscribedFrame, TypingFrame, UserEventFrame,
-    UserMessageFrame,
+    RefreshedFrame, RoomRef, ServerFrame, StatusFrame, SubscribedFrame, TypingFrame,
+    UserEventFrame, UserMessageFrame,
 };
 pub use timestamp::{Timestamp, TimestampError};

@@ -25,6 +25,7 @@ pub enum ServerFrame {
     Unsubscribed(RoomRef),
     Refreshed(RefreshedFrame),
     UserMessage(UserMessageFrame),
+    Status(StatusFrame),
 }
 
 impl ServerFrame {
@@ -236,4 +237,12 @@ pub struct UserMessageFrame {
     /// The application's payload, as it gave it.
     pub data: serde_json::Value,
     pub timestamp: Timestamp,
+}
+
+/// Whether a watched user is online (in some room, on some node): one when
+/// the socket starts watching, then one per change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusFrame {
+    pub user_id: UserId,
+    pub online: bool,
 }

@@ -88,9 +88,9 @@ impl Keys {
         self.k(&["ch", ""])
     }
     /// The cluster's control channel, which every node subscribes to:
-    /// frames to a user (`u <user> <frame>`) and user disconnects
-    /// (`k <reconnect 0/1> <user>`), for whichever nodes hold the user's
-    /// sockets.
+    /// frames to a user (`u <user> <frame>`), user disconnects
+    /// (`k <reconnect 0/1> <user>`) and status changes (`s <online 0/1>
+    /// <user>`), for whichever nodes hold the sockets concerned.
     pub fn control_channel(&self) -> String {
         self.k(&["ctl"])
     }

@@ -74,6 +74,7 @@ pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, B
                 .arg(sep)
                 .arg(k.user_conns_prefix())
                 .arg(redis.events_maxlen(false))
+                .arg(k.control_channel())
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)

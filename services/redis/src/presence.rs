@@ -91,7 +91,8 @@ impl RedisPresence {
             .arg(username)
             .arg(node_entry(room, user, conn))
             .arg(room.as_str())
-            .arg(self.redis.events_maxlen(false));
+            .arg(self.redis.events_maxlen(false))
+            .arg(k.control_channel());
         invocation
     }
 

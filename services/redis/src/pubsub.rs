@@ -449,7 +449,8 @@ impl PubSubSession {
 }
 
 /// Carries out a message of the control channel (`Keys::control_channel`)
-/// on this node's sockets. Best effort like every publish: a node whose
+/// on this node's sockets: a frame to a user, a user's status change
+/// (`s <0/1> <user>`, from the presence scripts), a disconnect. Best effort like every publish: a node whose
 /// pub/sub is down misses it (and is not ready meanwhile).
 fn control(hub: &Hub, payload: &[u8]) {
     let mut parts = payload.splitn(3, |b| *b == b' ');
@@ -465,6 +466,11 @@ fn control(hub: &Hub, payload: &[u8]) {
         (b"u", Some(frame)) => {
             if let Some(user) = user(a) {
                 hub.to_user(&user, &Bytes::copy_from_slice(frame));
+            }
+        }
+        (b"s", Some(id)) => {
+            if let Some(user) = user(id) {
+                hub.status_changed(&user, a == b"1");
             }
         }
         (b"k", Some(id)) => {

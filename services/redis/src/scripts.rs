@@ -181,12 +181,16 @@ return redis.call('HMGET', KEYS[1], 'name', 'created_at')
 /// set of rooms with anyone online (presrooms), the user's connections in
 /// any room (uconn), and the events stream with its maxlen. They return 1
 /// when the connection was the user's first (last) in the room, recording
-/// the room, member and user events the change makes.
+/// the room, member and user events the change makes. A user's first
+/// (last) connection anywhere is also published on the control channel
+/// `ctl` as `s 1 <user>` (`s 0 <user>`), for the sockets following it.
 const PRESENCE_LUA: &str = r"
+local ctl = nil
 local function add(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, username, room)
   if redis.call('SADD', pconn, conn) == 0 then return 0 end
   if redis.call('SADD', uconn, conn) == 1 and redis.call('SCARD', uconn) == 1 then
     event(stream, maxlen, 'n', 'user_online', 'u', user)
+    redis.call('PUBLISH', ctl, 's 1 ' .. user)
   end
   if redis.call('SCARD', pconn) ~= 1 then return 0 end
   if redis.call('HLEN', pres) == 0 then
@@ -212,6 +216,7 @@ local function drop(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, r
   end
   if redis.call('SREM', uconn, conn) == 1 and redis.call('SCARD', uconn) == 0 then
     event(stream, maxlen, 'n', 'user_offline', 'u', user)
+    redis.call('PUBLISH', ctl, 's 0 ' .. user)
   end
   return last, name
 end
@@ -224,11 +229,12 @@ fn presence_script(body: &str) -> Script {
 
 /// Adds a connection to presence. KEYS: pconn, pres, nodeconns, presrooms,
 /// uconn, events stream. ARGV: conn, user, username, nodeconns entry, room,
-/// events maxlen (`0`: no events). Returns 1 when it is the user's first
-/// connection in the room.
+/// events maxlen (`0`: no events), control channel. Returns 1 when it is
+/// the user's first connection in the room.
 pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
+ctl = ARGV[7]
 redis.call('SADD', KEYS[3], ARGV[4])
 return add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
 ",
@@ -240,6 +246,7 @@ return add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2
 pub static PRESENCE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
+ctl = ARGV[7]
 redis.call('SREM', KEYS[3], ARGV[4])
 local last = drop(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[5])
 return last
@@ -251,14 +258,16 @@ return last
 /// lease, nodes, presrooms, events stream. ARGV: node, force (1: sweep
 /// even with a lease, for a node sweeping its own previous life), the
 /// presence key pieces of `Keys::presence_parts`: pres prefix, pconn
-/// prefix, separator, uconn prefix; and the events maxlen.
-/// Returns a flat list `room, user, username, ...` of users now gone.
+/// prefix, separator, uconn prefix; the events maxlen and the control
+/// channel. Returns a flat list `room, user, username, ...` of users now
+/// gone.
 ///
 /// The per-room keys are derived inside the script from the entries, so this
 /// script assumes a single Redis (not Redis Cluster).
 pub static SWEEP_NODE: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
+ctl = ARGV[8]
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local left = {}
 for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -341,14 +350,15 @@ return {2, user[1], user[2]}
 
 /// [`PRESENCE_ADD`], then everyone online: returns `{first (0/1), {user,
 /// username, user, username, ...}}`. Same KEYS and ARGV, plus optionally
-/// ARGV[7] channel and ARGV[8] payload: published when `first` (the
+/// ARGV[8] channel and ARGV[9] payload: published when `first` (the
 /// `user_joined` announcement, in the same step as the decision).
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
+ctl = ARGV[7]
 redis.call('SADD', KEYS[3], ARGV[4])
 local first = add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
-if first == 1 and ARGV[8] then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+if first == 1 and ARGV[9] then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {first, redis.call('HGETALL', KEYS[2])}
 ",
     )

@@ -145,6 +145,8 @@ pub struct WebSocketSettings {
     pub write_buffer_bytes: usize,
     /// Rooms one multiplexed socket (`/ws`) may subscribe to at once.
     pub max_subscriptions: usize,
+    /// Users one multiplexed socket may follow the status of (`watch`).
+    pub max_watched: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -360,6 +362,7 @@ impl Default for WebSocketSettings {
             read_buffer_bytes: 512,
             write_buffer_bytes: 1024,
             max_subscriptions: 100,
+            max_watched: 1000,
         }
     }
 }

@@ -53,6 +53,7 @@ impl Settings {
                 "websocket.max_subscriptions",
                 self.websocket.max_subscriptions as u64,
             ),
+            ("websocket.max_watched", self.websocket.max_watched as u64),
             ("history.max_len", self.history.max_len as u64),
             ("history.max_page_bytes", self.history.max_page_bytes as u64),
             ("history.max_room_bytes", self.history.max_room_bytes as u64),

@@ -104,6 +104,7 @@ pub fn run(
         admission,
         last_seen: now,
         subs: Vec::new(),
+        watched: Default::default(),
         _slot: slot,
     };
     async move {
@@ -139,6 +140,8 @@ struct Conn {
     last_seen: Instant,
     /// The rooms this connection is in, ordered by membership id.
     subs: Vec<Sub>,
+    /// Users whose status this (multiplexed) socket follows.
+    watched: std::collections::HashSet<roomcast_protocol::UserId>,
     /// The node's connection slot, held for its `Drop`: given back when the
     /// task ends and drops `Conn`.
     _slot: SlotGuard,
@@ -501,6 +504,8 @@ impl Conn {
         self.app
             .hub
             .remove_socket(&self.admission.user.user_id, self.conn_id);
+        let watched: Vec<_> = self.watched.iter().cloned().collect();
+        self.unwatch(&watched);
         while !self.subs.is_empty() {
             self.leave(self.subs.len() - 1).await;
         }

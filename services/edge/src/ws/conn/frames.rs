@@ -94,6 +94,15 @@ impl Conn {
                 self.count("refresh");
                 self.refresh(&token).await
             }
+            ClientFrame::Watch { user_ids } => {
+                self.count("watch");
+                self.watch(user_ids).await
+            }
+            ClientFrame::Unwatch { user_ids } => {
+                self.count("watch");
+                self.unwatch(&user_ids);
+                Ok(())
+            }
         }
     }
 

@@ -1,5 +1,6 @@
-//! A multiplexed socket's subscriptions (`subscribe`, `unsubscribe`) and
-//! the in-band token `refresh` every socket may send.
+//! A multiplexed socket's subscriptions (`subscribe`, `unsubscribe`), the
+//! users whose status it follows (`watch`, `unwatch`), and the in-band
+//! token `refresh` every socket may send.
 //!
 //! A subscription is admitted by the rules a single-room socket meets at
 //! its handshake (the token's `rooms` claim, the connect hook's rooms, the
@@ -133,5 +134,59 @@ impl Conn {
             expires_at: id.expires_at,
         }))
         .await
+    }
+}
+
+impl Conn {
+    /// Follows these users' status: a `status` for each now, then one per
+    /// change (the hub is told by the presence backend, cluster-wide).
+    pub(super) async fn watch(&mut self, users: Vec<roomcast_protocol::UserId>) -> Result<(), End> {
+        if self.admission.room.is_some() {
+            let why = FrameRefusal::NotAllowed(
+                "this socket is in one room: open a multiplexed socket (/ws) to watch users",
+            );
+            return self.refuse(why, None, None).await;
+        }
+        let max = self.app.settings.websocket.max_watched;
+        let new: Vec<_> = users
+            .into_iter()
+            .filter(|u| !self.watched.contains(u))
+            .collect();
+        if self.watched.len() + new.len() > max {
+            return self
+                .refuse(FrameRefusal::TooManyWatched(max), None, None)
+                .await;
+        }
+        for user in new {
+            // Followed first, then read: a change in between comes after
+            // the (possibly older) answer, so the last frame is the truth.
+            self.app.hub.watch(&user, self.conn_id, self.outbox.clone());
+            self.watched.insert(user.clone());
+            let online = match self.app.backend.presence.is_online(&user).await {
+                Ok(online) => online,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status not read");
+                    self.unwatch(std::slice::from_ref(&user));
+                    return self.refuse(FrameRefusal::SubscribeFailed, None, None).await;
+                }
+            };
+            self.feed(
+                ServerFrame::Status(roomcast_protocol::StatusFrame {
+                    user_id: user,
+                    online,
+                })
+                .to_json(),
+            )
+            .await?;
+        }
+        self.flush().await
+    }
+
+    pub(super) fn unwatch(&mut self, users: &[roomcast_protocol::UserId]) {
+        for user in users {
+            if self.watched.remove(user) {
+                self.app.hub.unwatch(user, self.conn_id);
+            }
+        }
     }
 }

@@ -60,6 +60,6 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== browser tests (Playwright, Chromium)"
 cargo build --workspace --bins --locked
-(cd tests/browser && node --test --test-concurrency=1 chat.test.mjs client.test.mjs)
+(cd tests/browser && node --test --test-concurrency=1 chat.test.mjs client.test.mjs session.test.mjs)
 echo "== deployment checks (pytest)"
 (cd deploy/tests && "../../$venv/bin/python" -m pytest -q -rs)

@@ -88,7 +88,11 @@ impl<'a> Op<'a> {
             (["rooms", id, "messages"], _, true) => Op::Publish(id),
             (["rooms", id, "presence"], true, _) => Op::ReadPresence(id),
             (["metrics"], true, _) => Op::Metrics,
-            ([""] | ["chat"] | ["client.js"] | ["health"] | ["ready"], true, _) => Op::Public,
+            (
+                [""] | ["chat"] | ["client.js"] | ["session.js"] | ["health"] | ["ready"],
+                true,
+                _,
+            ) => Op::Public,
             (["ws"], true, _)
             | (["ws", _, _], true, _)
             | (["api", "v1", "chats", _, "ws"], true, _) => Op::Socket,

@@ -45,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(page))
         .route("/chat", get(page))
         .route("/client.js", get(client_js))
+        .route("/session.js", get(session_js))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -348,6 +349,7 @@ fn idempotency_key(
 /// command starts a server with a UI.
 const PAGE: &str = include_str!("../static/index.html");
 const CLIENT_JS: &str = include_str!("../static/client.js");
+const SESSION_JS: &str = include_str!("../static/session.js");
 
 async fn page() -> Response {
     (
@@ -367,6 +369,17 @@ async fn client_js() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         CLIENT_JS,
+    )
+        .into_response()
+}
+
+async fn session_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SESSION_JS,
     )
         .into_response()
 }

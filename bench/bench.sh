@@ -165,6 +165,31 @@ idle_run redis-64 "$p4" "$started" 64; idl64=$(tail -1 "$tmp/idle-redis-64.txt")
 p5=$(free_port); start_embedded "$p5" bench-5; wait_ready "$p5"
 idle_run embedded-64 "$p5" "$started" 64; emb=$(tail -1 "$tmp/idle-embedded-64.txt"); per_conn_embedded=$per_conn
 
+if [ "$quick" = "--quick" ]; then mr_conns=1000; mr_rooms=200; mr_k=10; mr_rate=50
+else mr_conns=5000; mr_rooms=1000; mr_k=20; mr_rate=100; fi
+echo "== multiroom: $mr_conns multiplexed sockets x $mr_k rooms each (of $mr_rooms) on one node, $mr_rate msg/s in all"
+pm=$(free_port); start_edge "$pm" bench-mr; emr=$started; wait_ready "$pm"
+sleep 1
+rss0=$(rss_kib "$emr")
+rm -f "$tmp/mr-ready" "$tmp/mr-pub" "$tmp/mr-done"
+"$loadgen" multiroom --urls "http://127.0.0.1:$pm" --auto --connections "$mr_conns" --rooms "$mr_rooms" \
+  --rooms-per-conn "$mr_k" --rate "$mr_rate" --duration "$secs" --drain 1 --connect-concurrency 64 \
+  --ready-file "$tmp/mr-ready" --publish-file "$tmp/mr-pub" --done-file "$tmp/mr-done" > "$tmp/multiroom.txt" &
+lg=$!
+while [ ! -f "$tmp/mr-ready" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+rss1=$(rss_kib "$emr")
+while [ ! -f "$tmp/mr-pub" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+c_mr=$(cpu_of "$emr")
+while [ ! -f "$tmp/mr-done" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
+d_mr=$(echo "$(cpu_of "$emr") - $c_mr" | bc -l)
+wait "$lg" || true
+cat "$tmp/multiroom.txt"
+mr=$(tail -1 "$tmp/multiroom.txt"); echo "$mr" >> "$results/latest.jsonl"
+mr_per_conn=$(echo "($rss1 - $rss0) * 1024 / $mr_conns" | bc -l)
+mr_per_sub=$(echo "($rss1 - $rss0) * 1024 / ($mr_conns * $mr_k)" | bc -l)
+mr_cpu=$(echo "$d_mr * 1000000 / $(json "$mr" deliveries_received)" | bc -l)
+kill -TERM "$emr" 2>/dev/null || true
+
 echo "== churn: $churn_c connections over 2 nodes, ~$churn_r connects/s, ${secs}s, with traffic"
 "$loadgen" churn --urls "$urls" --auto --connections "$churn_c" --rate "$churn_r" --duration "$secs" --msg-rate 50 \
   | tee "$tmp/churn.txt"
@@ -188,6 +213,9 @@ cat <<TABLE
 | idle: connects/s, handshake p50 / p99 (ms), Redis backend, 256 in flight | $(json "$idl" connects_per_second), $(json "$idl" handshake_p50_ms) / $(json "$idl" handshake_p99_ms) |
 | idle: connects/s, handshake p50 / p99 (ms), Redis backend, 64 in flight | $(json "$idl64" connects_per_second), $(json "$idl64" handshake_p50_ms) / $(json "$idl64" handshake_p99_ms) |
 | idle: connects/s, handshake p50 / p99 (ms), embedded backend, 64 in flight | $(json "$emb" connects_per_second), $(json "$emb" handshake_p50_ms) / $(json "$emb" handshake_p99_ms) |
+| multiroom: $mr_conns sockets x $mr_k rooms (one node): RSS per socket / per subscription | $(printf %.0f "$mr_per_conn") / $(printf %.0f "$mr_per_sub") bytes |
+| multiroom: subscriptions/s while connecting; deliveries/s; lost / duplicated / out of order | $(json "$mr" subscriptions_per_second); $(json "$mr" deliveries_per_second); $(json "$mr" lost) / $(json "$mr" duplicated) / $(json "$mr" out_of_order) |
+| multiroom: latency p50 / p99 (ms); edge CPU-seconds per million deliveries | $(json "$mr" latency_p50_ms) / $(json "$mr" latency_p99_ms); $(printf %.3f "$mr_cpu") |
 | churn: connects/s achieved (target $churn_r), handshake p99 (ms), failures | $(json "$chn" connects_per_second), $(json "$chn" handshake_p99_ms), $(json "$chn" failures) |
 TABLE
 echo

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-pub const USAGE: &str = "usage: roomcast-loadgen <fanout|idle|churn> --urls URL[,URL...] [options]
+pub const USAGE: &str =
+    "usage: roomcast-loadgen <fanout|idle|churn|multiroom> --urls URL[,URL...] [options]
        roomcast-loadgen floor [--connections N --rate ROUNDS/S --duration SECS --size BYTES]
 
 common:   --urls       node base URLs (http://host:port), clients spread over them round-robin
@@ -15,6 +16,10 @@ idle:     --connections C --room-size K (default 10) --hold SECS (default 3)
           --ready-file PATH (written once all are connected)
 churn:    --connections C --rate CONNECTS/S --duration SECS --room-size K (default 10)
           --msg-rate MSG/S (traffic while churning, default 50)
+multiroom: --connections C multiplexed sockets (/ws), each subscribed to --rooms-per-conn K
+          of --rooms R; one publisher per room, --rate MSG/S in all, spread in time;
+          --duration SECS --size BYTES --drain SECS; --ready-file PATH (all subscribed),
+          --publish-file PATH (publishing starts), --done-file PATH (publishing over)
 floor:    no server: one --size-byte loopback TCP write to each of --connections sockets,
           --rate rounds per second; the kernel's CPU per write (the fan-out floor)";
 
@@ -24,6 +29,7 @@ pub enum Scenario {
     Idle,
     Churn,
     Floor,
+    Multiroom,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +54,9 @@ pub struct Opts {
     pub ready_file: Option<String>,
     /// Written when the measured phase is over, before teardown (fanout).
     pub done_file: Option<String>,
+    /// Written when publishing starts (multiroom).
+    pub publish_file: Option<String>,
+    pub rooms_per_conn: usize,
 }
 
 pub fn parse(args: &[String]) -> Result<Opts, String> {
@@ -56,6 +65,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
         Some("idle") => Scenario::Idle,
         Some("churn") => Scenario::Churn,
         Some("floor") => Scenario::Floor,
+        Some("multiroom") => Scenario::Multiroom,
         Some(other) => return Err(format!("unknown scenario {other:?}")),
         None => return Err("a scenario is required".into()),
     };
@@ -77,6 +87,8 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
         msg_rate: 50.0,
         ready_file: None,
         done_file: None,
+        publish_file: None,
+        rooms_per_conn: 10,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -119,6 +131,8 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             "--msg-rate" => o.msg_rate = num(value)?,
             "--ready-file" => o.ready_file = Some(value.clone()),
             "--done-file" => o.done_file = Some(value.clone()),
+            "--publish-file" => o.publish_file = Some(value.clone()),
+            "--rooms-per-conn" => o.rooms_per_conn = int(value)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -95,6 +95,12 @@ pub fn scan(text: &str) -> Frame<'_> {
     }
 }
 
+/// A message frame's room (`room_id` comes after the content, so the last
+/// occurrence of the key is the field).
+pub fn room_of(text: &str) -> Option<&str> {
+    string_after(text, "\"room_id\":\"")
+}
+
 /// `p<publisher>-<seq>-<send micros>`: who sent it and when.
 pub fn client_id(publisher: usize, seq: u64) -> String {
     format!("p{publisher}-{seq}-{}", now_micros())

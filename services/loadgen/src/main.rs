@@ -7,6 +7,7 @@
 //! roomcast-loadgen idle   --urls http://127.0.0.1:8001 --connections 10000 --hold 5
 //! roomcast-loadgen churn  --urls http://127.0.0.1:8001,http://127.0.0.1:8002 --connections 1000 --rate 200 --duration 10
 //! roomcast-loadgen floor  --connections 500 --rate 100 --duration 10 --size 200
+//! roomcast-loadgen multiroom --urls http://127.0.0.1:8001 --connections 5000 --rooms 1000 --rooms-per-conn 20 --rate 100
 //! roomcast-loadgen delay-proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:6379 --delay-ms 1
 //! roomcast-loadgen hook-receiver --listen 127.0.0.1:0
 //! ```
@@ -59,6 +60,7 @@ async fn main() -> ExitCode {
         cli::Scenario::Idle => scenario::idle(&opts).await,
         cli::Scenario::Churn => scenario::churn(&opts).await,
         cli::Scenario::Floor => floor::floor(&opts).await,
+        cli::Scenario::Multiroom => scenario::multiroom(&opts).await,
     };
     match result {
         Ok(report) => {

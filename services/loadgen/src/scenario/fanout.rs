@@ -16,10 +16,10 @@ use crate::report::{self, Report};
 /// Offsets one connection received: counts, and a bitmap to tell a
 /// duplicate from a first delivery.
 #[derive(Debug, Default)]
-struct Tally {
+pub(super) struct Tally {
     received: u64,
-    duplicates: u64,
-    out_of_order: u64,
+    pub(super) duplicates: u64,
+    pub(super) out_of_order: u64,
     max_offset: u64,
     seen: Vec<u64>,
     errors: u64,
@@ -28,7 +28,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn see(&mut self, offset: u64) {
+    pub(super) fn see(&mut self, offset: u64) {
         let (word, bit) = ((offset / 64) as usize, offset % 64);
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
@@ -45,7 +45,7 @@ impl Tally {
         self.max_offset = self.max_offset.max(offset);
     }
 
-    fn has(&self, offset: u64) -> bool {
+    pub(super) fn has(&self, offset: u64) -> bool {
         self.seen
             .get((offset / 64) as usize)
             .is_some_and(|w| w & (1 << (offset % 64)) != 0)
@@ -60,7 +60,7 @@ pub(super) struct Publish {
 }
 
 pub(super) struct MemberResult {
-    room: usize,
+    pub(super) room: usize,
     start: u64,
     tally: Tally,
     latency: Histogram<u64>,

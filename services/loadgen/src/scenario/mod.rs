@@ -1,13 +1,16 @@
 //! The scenarios that drive a server: [`fanout`] (delivery correctness and
 //! latency), [`idle`] (connection cost and connect rate), [`churn`]
-//! (connects and disconnects while traffic flows); and what they share:
+//! (connects and disconnects while traffic flows), [`multiroom`] (many
+//! rooms per multiplexed socket); and what they share:
 //! REST setup and joining rooms.
 
 mod connections;
 mod fanout;
+mod multiroom;
 
 pub use connections::{churn, idle};
 pub use fanout::fanout;
+pub use multiroom::multiroom;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -503,3 +503,60 @@ async fn a_watcher_follows_users_on_the_embedded_backend() {
     let edge = Edge::in_process(&[("ALLOW_JOIN_AUTO_USERS", "true")]).await;
     watch_statuses(std::slice::from_ref(&edge)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_subscribes_a_users_sockets_on_every_node() {
+    let redis = RedisServer::start().await;
+    let key = "server-key-server-key";
+    let nodes = cluster(
+        &redis,
+        2,
+        &[("ALLOW_JOIN_AUTO_USERS", "true"), ("SERVER_API_KEY", key)],
+    )
+    .await;
+    let room = nodes[0].room("project-x").await;
+    let mut socks = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(&node.ws_url("/ws?user_id=ivy")).await;
+        c.next_of("connected").await;
+        socks.push(c);
+    }
+    let r = nodes[1]
+        .post_as_server("/users/ivy/subscribe", &json!({"room_id": room}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    for c in &mut socks {
+        assert_eq!(c.next_of("subscribed").await["room_id"], room.as_str());
+        assert_eq!(c.next_json().await["type"], "presence");
+    }
+    // Asking again changes nothing; the rooms work as if the client had
+    // subscribed itself.
+    nodes[0]
+        .post_as_server("/users/ivy/subscribe", &json!({"room_id": room}))
+        .await;
+    socks[0]
+        .send_json(&json!({"type": "message", "room_id": room, "content": "in"}))
+        .await;
+    for c in &mut socks {
+        let m = c.next_of("message").await;
+        assert_eq!(
+            (m["room_id"].as_str(), m["offset"].as_u64()),
+            (Some(room.as_str()), Some(1))
+        );
+    }
+    nodes[0]
+        .post_as_server("/users/ivy/unsubscribe", &json!({"room_id": room}))
+        .await;
+    for c in &mut socks {
+        let f = c.next_json().await;
+        assert_eq!(
+            (f["type"].as_str(), f["room_id"].as_str()),
+            (Some("unsubscribed"), Some(room.as_str())),
+            "{f}"
+        );
+    }
+    let bad = nodes[0]
+        .post_as_server("/users/ivy/subscribe", &json!({"room_id": "a:b"}))
+        .await;
+    assert_eq!(bad.status, 422);
+}

@@ -20,7 +20,7 @@ use crate::BackendError;
 use crate::envelope::Envelope;
 use crate::events::{Event, MemoryEvents};
 use crate::history::MemoryHistory;
-use crate::hub::Hub;
+use crate::hub::{Control, Hub};
 
 /// A message as the sender gave it, before it has an id and an offset.
 #[derive(Debug, Clone)]
@@ -100,6 +100,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Closes every socket of `user` on every node: to reconnect
     /// (`reconnect`) or for good.
     async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError>;
+
+    /// Has every multiplexed socket of `user`, on every node, subscribe to
+    /// or unsubscribe from a room.
+    async fn control_user(&self, user: &UserId, request: Control) -> Result<(), BackendError>;
 
     /// Starts receiving `room`'s publishes on this node.
     async fn subscribe(&self, room: &RoomId) -> Result<(), BackendError>;
@@ -194,6 +198,11 @@ impl Broker for MemoryBroker {
 
     async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError> {
         self.hub.kill_user(user, crate::hub::kill_reason(reconnect));
+        Ok(())
+    }
+
+    async fn control_user(&self, user: &UserId, request: Control) -> Result<(), BackendError> {
+        self.hub.control_user(user, &request);
         Ok(())
     }
 

@@ -104,21 +104,34 @@ impl HubObserver for NoObserver {
     fn dropped_slow(&self, _: usize) {}
 }
 
-/// A local connection as its user's sockets are listed (for frames to the
-/// user, and to disconnect the user).
+/// What the application asks of a user's multiplexed sockets, carried out
+/// by each socket's own task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Subscribe(RoomId),
+    Unsubscribe(RoomId),
+}
+
+/// Control requests one socket may have waiting; past it the socket is
+/// closed as a slow consumer (it is not keeping up with its own work).
+pub const CONTROL_QUEUE: usize = 64;
+
+/// A local multiplexed socket as its user's sockets are listed (for frames
+/// to the user, to disconnect the user, and its control requests), or a
+/// socket following a user's status (no control).
 #[derive(Debug, Clone)]
 struct UserSocket {
     conn: ConnId,
     outbox: Arc<Outbox>,
-    /// Receives frames sent to the user (multiplexed sockets; a single-room
-    /// socket speaks only its room's frames).
-    personal: bool,
+    control: Option<tokio::sync::mpsc::Sender<Control>>,
 }
 
 /// This node's rooms.
 pub struct Hub {
     rooms: Sharded<HashMap<RoomId, Vec<Member>>>,
-    /// Every local connection, by user.
+    /// Every local multiplexed socket, by user. (Single-room sockets are
+    /// found through the rooms: they are never sent to as a user, and a
+    /// disconnect is rare enough to scan for them.)
     users: Sharded<HashMap<UserId, Vec<UserSocket>>>,
     /// Local sockets following a user's status, by the user followed.
     watchers: Sharded<HashMap<UserId, Vec<UserSocket>>>,
@@ -183,16 +196,44 @@ impl Hub {
         false
     }
 
-    /// Lists connection `conn` of `user` (for [`to_user`](Self::to_user)
-    /// when `personal`, and [`kill_user`](Self::kill_user)) until
-    /// [`remove_socket`](Self::remove_socket).
-    pub fn add_socket(&self, user: &UserId, conn: ConnId, outbox: Arc<Outbox>, personal: bool) {
+    /// Lists multiplexed socket `conn` of `user` (for
+    /// [`to_user`](Self::to_user), [`kill_user`](Self::kill_user) and
+    /// [`control_user`](Self::control_user), whose requests go to
+    /// `control`) until [`remove_socket`](Self::remove_socket).
+    pub fn add_socket(
+        &self,
+        user: &UserId,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        control: tokio::sync::mpsc::Sender<Control>,
+    ) {
         let mut shard = self.users.shard(user).write();
         shard.entry(user.clone()).or_default().push(UserSocket {
             conn,
             outbox,
-            personal,
+            control: Some(control),
         });
+    }
+
+    /// Hands `request` to every local socket of `user` that takes control
+    /// requests; how many.
+    pub fn control_user(&self, user: &UserId, request: &Control) -> usize {
+        let shard = self.users.shard(user).read();
+        let Some(socks) = shard.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for s in socks {
+            let Some(tx) = &s.control else { continue };
+            match tx.try_send(request.clone()) {
+                Ok(()) => n += 1,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    s.outbox.kill(KillReason::SlowConsumer);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        n
     }
 
     pub fn remove_socket(&self, user: &UserId, conn: ConnId) {
@@ -214,7 +255,7 @@ impl Hub {
             return 0;
         };
         let mut delivered = 0;
-        for s in socks.iter().filter(|s| s.personal) {
+        for s in socks {
             let out = Outbound {
                 frame: frame.clone(),
                 offset: 0,
@@ -238,7 +279,7 @@ impl Hub {
             list.push(UserSocket {
                 conn,
                 outbox,
-                personal: true,
+                control: None,
             });
         }
     }
@@ -280,12 +321,26 @@ impl Hub {
         }
     }
 
-    /// Asks every local socket of `user` to close with `reason`; how many.
+    /// Asks every local socket of `user` to close with `reason`: its
+    /// multiplexed sockets, and (scanning the rooms) its single-room ones.
+    /// How many memberships and sockets were told (a socket may count more
+    /// than once).
     pub fn kill_user(&self, user: &UserId, reason: KillReason) -> usize {
-        let shard = self.users.shard(user).read();
-        let socks = shard.get(user).map_or(&[][..], |s| &s[..]);
-        socks.iter().for_each(|s| s.outbox.kill(reason));
-        socks.len()
+        let mut n = {
+            let shard = self.users.shard(user).read();
+            let socks = shard.get(user).map_or(&[][..], |s| &s[..]);
+            socks.iter().for_each(|s| s.outbox.kill(reason));
+            socks.len()
+        };
+        for shard in self.rooms.all() {
+            for members in shard.read().values() {
+                for m in members.iter().filter(|m| m.user == *user) {
+                    m.outbox.kill(reason);
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Whether any local connection is in `room`.

@@ -53,9 +53,11 @@ pub enum Op<'a> {
     ReadHistory(&'a str),
     ReadPresence(&'a str),
     Publish(&'a str),
-    /// A frame to a user's sockets; disconnecting a user: the backend's.
+    /// A frame to a user's sockets; disconnecting a user; subscribing its
+    /// sockets: the backend's.
     SendToUser(&'a str),
     DisconnectUser(&'a str),
+    ControlUser(&'a str),
     /// Whether a user is online.
     UserStatus(&'a str),
     Metrics,
@@ -79,6 +81,7 @@ impl<'a> Op<'a> {
             (["users", id], true, _) => Op::ReadUser(id),
             (["users", id, "messages"], _, true) => Op::SendToUser(id),
             (["users", id, "disconnect"], _, true) => Op::DisconnectUser(id),
+            (["users", id, "subscribe" | "unsubscribe"], _, true) => Op::ControlUser(id),
             (["users", id, "status"], true, _) => Op::UserStatus(id),
             (["rooms"], true, _) => Op::ListRooms,
             (["rooms"], _, true) => Op::CreateRoom,
@@ -182,7 +185,7 @@ impl Access {
                 return deny(ApiError::NotFound("Not Found"), "not_found");
             }
             Op::Metrics => return Ok(()),
-            Op::Publish(_) | Op::SendToUser(_) | Op::DisconnectUser(_) => {
+            Op::Publish(_) | Op::SendToUser(_) | Op::DisconnectUser(_) | Op::ControlUser(_) => {
                 return match caller {
                     Server => Ok(()),
                     _ if self.server_key.is_none() => unauthorized(

@@ -1,7 +1,8 @@
 //! The application's control of users, cluster-wide: a frame to all of a
 //! user's multiplexed sockets (`POST /users/{id}/messages`), whether a user
-//! is online (`GET /users/{id}/status`), and closing all of a user's
-//! sockets (`POST /users/{id}/disconnect`). Who may call them is the access
+//! is online (`GET /users/{id}/status`), closing all of a user's sockets
+//! (`POST /users/{id}/disconnect`), and subscribing or unsubscribing all of
+//! its multiplexed sockets (`POST /users/{id}/subscribe`, `unsubscribe`). Who may call them is the access
 //! table's (the server key; status also any user with auth on).
 
 use std::sync::Arc;
@@ -107,4 +108,49 @@ pub async fn status(
     let user = user_id(&id)?;
     let online = app.backend.presence.is_online(&user).await?;
     Ok(Json(serde_json::json!({"user_id": user, "online": online})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomBody {
+    room_id: roomcast_protocol::RoomId,
+}
+
+/// `POST /users/{id}/subscribe` `{"room_id"}`: 202; every multiplexed socket
+/// of the user, on every node, subscribes to the room (as if it had asked,
+/// without the token's room checks: the application decides). Sockets
+/// opened later do not: the application's own state says which rooms a
+/// reconnecting client subscribes to.
+pub async fn subscribe(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    control(app, &id, &raw, true).await
+}
+
+/// `POST /users/{id}/unsubscribe` `{"room_id"}`: 202; the reverse.
+pub async fn unsubscribe(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    control(app, &id, &raw, false).await
+}
+
+async fn control(app: Arc<App>, id: &str, raw: &Bytes, join: bool) -> Result<Response, ApiError> {
+    use roomcast_core::hub::Control;
+    let user = user_id(id)?;
+    let RoomBody { room_id } = body(raw)?;
+    let request = if join {
+        Control::Subscribe(room_id.clone())
+    } else {
+        Control::Unsubscribe(room_id.clone())
+    };
+    app.backend.broker.control_user(&user, request).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"user_id": user, "room_id": room_id})),
+    )
+        .into_response())
 }

@@ -37,6 +37,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}/messages", post(control::send))
         .route("/users/{id}/disconnect", post(control::disconnect))
         .route("/users/{id}/status", get(control::status))
+        .route("/users/{id}/subscribe", post(control::subscribe))
+        .route("/users/{id}/unsubscribe", post(control::unsubscribe))
         .route("/rooms", post(create_room).get(list_rooms))
         .route("/rooms/{id}", get(get_room))
         .route("/rooms/{id}/join", post(join_room))

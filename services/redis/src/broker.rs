@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use roomcast_core::broker::{Broker, MessageDraft, Published, new_message_id};
 use roomcast_core::envelope::Envelope;
 use roomcast_core::history::{HistoryOptions, age_cutoff};
+use roomcast_core::hub::Control;
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{MessageFrame, RoomId, Timestamp, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -154,6 +155,16 @@ impl Broker for RedisBroker {
 
     async fn disconnect_user(&self, user: &UserId, reconnect: bool) -> Result<(), BackendError> {
         let payload = format!("k {} {user}", u8::from(reconnect));
+        self.redis
+            .publish(self.redis.keys.control_channel(), payload)
+            .await
+    }
+
+    async fn control_user(&self, user: &UserId, request: Control) -> Result<(), BackendError> {
+        let payload = match request {
+            Control::Subscribe(room) => format!("j {user} {room}"),
+            Control::Unsubscribe(room) => format!("l {user} {room}"),
+        };
         self.redis
             .publish(self.redis.keys.control_channel(), payload)
             .await

@@ -89,8 +89,9 @@ impl Keys {
     }
     /// The cluster's control channel, which every node subscribes to:
     /// frames to a user (`u <user> <frame>`), user disconnects
-    /// (`k <reconnect 0/1> <user>`) and status changes (`s <online 0/1>
-    /// <user>`), for whichever nodes hold the sockets concerned.
+    /// (`k <reconnect 0/1> <user>`), status changes (`s <online 0/1>
+    /// <user>`) and server-side (un)subscribes (`j|l <user> <room>`), for
+    /// whichever nodes hold the sockets concerned.
     pub fn control_channel(&self) -> String {
         self.k(&["ctl"])
     }

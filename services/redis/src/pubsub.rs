@@ -37,7 +37,7 @@ use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use roomcast_core::envelope::Envelope;
 use roomcast_core::history::History;
-use roomcast_core::hub::{Hub, KillReason};
+use roomcast_core::hub::{Control, Hub, KillReason};
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{RoomId, Timestamp, UserId};
 use tokio::sync::mpsc;
@@ -450,7 +450,8 @@ impl PubSubSession {
 
 /// Carries out a message of the control channel (`Keys::control_channel`)
 /// on this node's sockets: a frame to a user, a user's status change
-/// (`s <0/1> <user>`, from the presence scripts), a disconnect. Best effort like every publish: a node whose
+/// (`s <0/1> <user>`, from the presence scripts), a disconnect, a
+/// server-side subscribe (`j <user> <room>`) or unsubscribe (`l ...`). Best effort like every publish: a node whose
 /// pub/sub is down misses it (and is not ready meanwhile).
 fn control(hub: &Hub, payload: &[u8]) {
     let mut parts = payload.splitn(3, |b| *b == b' ');
@@ -471,6 +472,19 @@ fn control(hub: &Hub, payload: &[u8]) {
         (b"s", Some(id)) => {
             if let Some(user) = user(id) {
                 hub.status_changed(&user, a == b"1");
+            }
+        }
+        (b"j" | b"l", Some(room)) => {
+            let room = std::str::from_utf8(room)
+                .ok()
+                .and_then(|r| RoomId::parse(r).ok());
+            if let (Some(user), Some(room)) = (user(a), room) {
+                let request = if kind == b"j" {
+                    Control::Subscribe(room)
+                } else {
+                    Control::Unsubscribe(room)
+                };
+                hub.control_user(&user, &request);
             }
         }
         (b"k", Some(id)) => {

@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use roomcast_core::history::Since;
-use roomcast_core::hub::{ConnId, Member, Outbound};
+use roomcast_core::hub::{ConnId, Control, Member, Outbound};
 use roomcast_core::outbox::{Next, Outbox};
 use roomcast_protocol::{
     ConnectedFrame, PresenceFrame, PresenceUser, RoomId, ServerFrame, SubscribedFrame, Timestamp,
@@ -53,7 +53,8 @@ const MAX_BATCH: usize = 64;
 /// Who connected to which room, as the handshake decided.
 #[derive(Debug)]
 pub struct Admission {
-    /// `None`: a multiplexed socket, in the rooms it subscribes to.
+    /// `None`: a multiplexed socket, in the rooms it subscribes to. (Moved
+    /// into the connection's subscriptions when it starts.)
     pub room: Option<RoomId>,
     pub user: PresenceUser,
     /// The raw `since` parameter.
@@ -101,10 +102,12 @@ pub fn run(
         app,
         ws,
         conn_id,
+        single: admission.room.is_some(),
         admission,
         last_seen: now,
         subs: Vec::new(),
         watched: Default::default(),
+        control: None,
         _slot: slot,
     };
     async move {
@@ -135,6 +138,8 @@ struct Conn {
     outbox: Arc<Outbox>,
     conn_id: ConnId,
     admission: Admission,
+    /// A single-room socket (its room is `subs[0]`), not a multiplexed one.
+    single: bool,
     rate: RateLimiter,
     write_timeout: Duration,
     last_seen: Instant,
@@ -142,9 +147,20 @@ struct Conn {
     subs: Vec<Sub>,
     /// Users whose status this (multiplexed) socket follows.
     watched: std::collections::HashSet<roomcast_protocol::UserId>,
+    /// The application's subscribe/unsubscribe requests for this
+    /// (multiplexed) socket's user.
+    control: Option<tokio::sync::mpsc::Receiver<Control>>,
     /// The node's connection slot, held for its `Drop`: given back when the
     /// task ends and drops `Conn`.
     _slot: SlotGuard,
+}
+
+/// The next control request, or never (a single-room socket takes none).
+async fn next_control(rx: &mut Option<tokio::sync::mpsc::Receiver<Control>>) -> Option<Control> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One room a connection is in.
@@ -169,14 +185,18 @@ impl Conn {
     /// Either is listed as a socket of its user (to be disconnected with
     /// it; a multiplexed one also receives frames sent to the user).
     async fn start(&mut self) -> Result<(), End> {
-        let personal = self.admission.room.is_none();
-        self.app.hub.add_socket(
-            &self.admission.user.user_id,
-            self.conn_id,
-            self.outbox.clone(),
-            personal,
-        );
-        match self.admission.room.clone() {
+        if !self.single {
+            let (tx, rx) = tokio::sync::mpsc::channel(roomcast_core::hub::CONTROL_QUEUE);
+            self.control = Some(rx);
+            self.app.hub.add_socket(
+                &self.admission.user.user_id,
+                self.conn_id,
+                self.outbox.clone(),
+                tx,
+            );
+        }
+        // The room moves into `subs`: one copy per connection.
+        match self.admission.room.take() {
             Some(room) => {
                 let since = self.admission.since.clone();
                 self.join(room, since, self.conn_id).await
@@ -249,7 +269,7 @@ impl Conn {
         let start = start?;
         let (position, recovered) = (start.position, start.recovered);
         self.subs[at].seen_offset = position.offset;
-        let first = if self.admission.room.is_some() {
+        let first = if self.single {
             ServerFrame::Connected(ConnectedFrame {
                 room_id: Some(room.clone()),
                 user_id: self.admission.user.user_id.clone(),
@@ -290,7 +310,7 @@ impl Conn {
         }
         self.flush().await?;
         if recovered == Some(false) && since.as_deref().is_some_and(|s| Since::parse(s).is_err()) {
-            let room = self.admission.room.is_none().then_some(room);
+            let room = (!self.single).then_some(room);
             self.send_refusal(FrameRefusal::BadSince, None, room)
                 .await?;
         }
@@ -373,6 +393,9 @@ impl Conn {
                     }
                     None => Err(End::PeerGone),
                 },
+                Some(request) = next_control(&mut self.control) => {
+                    Box::pin(self.on_control(request)).await
+                }
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() > timeout {
                         Err(End::HeartbeatTimeout)
@@ -406,7 +429,7 @@ impl Conn {
                     }
                     Ok(_) => false,
                     // A frame sent to the user (multiplexed sockets only).
-                    Err(_) => out.to == self.conn_id && self.admission.room.is_none(),
+                    Err(_) => out.to == self.conn_id && !self.single,
                 };
                 if fresh {
                     self.app.metrics.observe_fanout(out.published_at);
@@ -501,9 +524,11 @@ impl Conn {
             None => {}
         }
         self.outbox.close();
-        self.app
-            .hub
-            .remove_socket(&self.admission.user.user_id, self.conn_id);
+        if !self.single {
+            self.app
+                .hub
+                .remove_socket(&self.admission.user.user_id, self.conn_id);
+        }
         let watched: Vec<_> = self.watched.iter().cloned().collect();
         self.unwatch(&watched);
         while !self.subs.is_empty() {

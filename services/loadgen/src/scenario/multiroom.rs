@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -74,10 +75,13 @@ struct ReaderResult {
     closed_early: bool,
 }
 
-/// Reads until `stop`, tallying each room's offsets apart.
+/// Reads until `stop`, tallying each room's offsets apart, and stamping
+/// `last` with the time of every frame (to tell when the joins' presence
+/// traffic has passed).
 async fn read(
     mut r: Reader,
     rooms: Arc<HashMap<String, usize>>,
+    last: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> ReaderResult {
     let mut tallies: HashMap<usize, Tally> = HashMap::new();
@@ -88,6 +92,7 @@ async fn read(
             _ = stop.changed() => break,
             msg = r.ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
+                    last.store(client::now_micros(), Ordering::Relaxed);
                     if let Frame::Message { offset, client_id } = client::scan(&t) {
                         let room = client::room_of(&t).and_then(|r| rooms.get(r)).copied();
                         if let Some(room) = room {
@@ -177,11 +182,6 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
     if let Some(path) = &o.ready_file {
         std::fs::write(path, "subscribed\n").map_err(|e| format!("--ready-file: {e}"))?;
     }
-    // Let the subscriptions' presence traffic settle first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    if let Some(path) = &o.publish_file {
-        std::fs::write(path, "publishing\n").map_err(|e| format!("--publish-file: {e}"))?;
-    }
     let index: Arc<HashMap<String, usize>> = Arc::new(
         rooms
             .iter()
@@ -190,6 +190,27 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
             .collect(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The readers read from now on; publishing starts once the joins'
+    // presence traffic (every join is news to the room's other members)
+    // has passed: a second with no frame at all, or a minute at most.
+    let last = Arc::new(AtomicU64::new(client::now_micros()));
+    let reads: Vec<_> = readers
+        .into_iter()
+        .map(|r| tokio::spawn(read(r, index.clone(), last.clone(), stop_rx.clone())))
+        .collect();
+    let quiet_since = Instant::now();
+    while client::now_micros().saturating_sub(last.load(Ordering::Relaxed)) < 1_000_000
+        && quiet_since.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.set(
+        "settle_seconds",
+        (quiet_since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    );
+    if let Some(path) = &o.publish_file {
+        std::fs::write(path, "publishing\n").map_err(|e| format!("--publish-file: {e}"))?;
+    }
     let started = Instant::now();
     let until = started + o.duration;
     let per_room = o.rate / rooms_n as f64;
@@ -210,10 +231,6 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
             member(j.ws, r, j.start, Some(publish), stop).await
         }));
     }
-    let reads: Vec<_> = readers
-        .into_iter()
-        .map(|r| tokio::spawn(read(r, index.clone(), stop_rx.clone())))
-        .collect();
     tokio::time::sleep(o.duration + o.drain).await;
     if let Some(path) = &o.done_file {
         std::fs::write(path, "done\n").map_err(|e| format!("--done-file: {e}"))?;

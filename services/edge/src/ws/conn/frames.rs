@@ -44,10 +44,7 @@ impl Conn {
                 return self.refuse(FrameRefusal::Invalid(e), client_id, None).await;
             }
         };
-        let named = frame
-            .room()
-            .cloned()
-            .filter(|_| self.admission.room.is_none());
+        let named = frame.room().cloned().filter(|_| !self.single);
         if matches!(
             frame,
             ClientFrame::Message { .. }
@@ -143,17 +140,20 @@ impl Conn {
     /// own (it may name it, and no other); on a multiplexed socket, the
     /// subscribed room it names.
     fn room_of(&self, named: Option<RoomId>) -> Result<RoomId, FrameRefusal> {
-        match (&self.admission.room, named) {
-            (Some(own), None) => Ok(own.clone()),
-            (Some(own), Some(r)) if *own == r => Ok(r),
-            (Some(_), Some(_)) => Err(FrameRefusal::NotAllowed(
+        let own = self.subs.first().map(|s| &s.room).filter(|_| self.single);
+        match (self.single, named) {
+            (true, None) => own
+                .cloned()
+                .ok_or(FrameRefusal::NotSubscribed("not in a room")),
+            (true, Some(r)) if own == Some(&r) => Ok(r),
+            (true, Some(_)) => Err(FrameRefusal::NotAllowed(
                 "this socket is in one room: send without room_id, or open a multiplexed socket (/ws)",
             )),
-            (None, None) => Err(FrameRefusal::NotSubscribed(
+            (false, None) => Err(FrameRefusal::NotSubscribed(
                 "a multiplexed socket must name the room (room_id)",
             )),
-            (None, Some(r)) if self.subs.iter().any(|s| s.room == r) => Ok(r),
-            (None, Some(_)) => Err(FrameRefusal::NotSubscribed(
+            (false, Some(r)) if self.subs.iter().any(|s| s.room == r) => Ok(r),
+            (false, Some(_)) => Err(FrameRefusal::NotSubscribed(
                 "not subscribed to this room: subscribe first",
             )),
         }
@@ -163,7 +163,7 @@ impl Conn {
     /// multiplexed socket, left out on a single-room one (the contract's
     /// shapes).
     pub(super) fn tag(&self, room: &RoomId) -> Option<RoomId> {
-        self.admission.room.is_none().then(|| room.clone())
+        (!self.single).then(|| room.clone())
     }
 
     async fn typing(&mut self, room: RoomId, is_typing: bool) -> Result<(), End> {

@@ -7,6 +7,7 @@
 //! room existing or auto-created), but a refusal is an `error` frame naming
 //! the room, not a close: the socket and its other rooms go on.
 
+use roomcast_core::hub::Control;
 use roomcast_core::store::{AdmitPolicy, Admitted};
 use roomcast_protocol::{RefreshedFrame, RoomId, RoomRef, ServerFrame};
 
@@ -14,13 +15,44 @@ use super::Conn;
 use crate::error::{End, FrameRefusal};
 
 impl Conn {
+    /// The application's request (`POST /users/{id}/subscribe` or
+    /// `unsubscribe`): carried out as if the client had asked, without the
+    /// token's and the connect hook's room checks (the application decides),
+    /// and a no-op when already done.
+    pub(super) async fn on_control(&mut self, request: Control) -> Result<(), End> {
+        match request {
+            Control::Subscribe(room) => {
+                if self.subs.iter().any(|s| s.room == room) {
+                    return Ok(());
+                }
+                self.subscribe_as(room, None, true).await
+            }
+            Control::Unsubscribe(room) => {
+                if !self.subs.iter().any(|s| s.room == room) {
+                    return Ok(());
+                }
+                self.unsubscribe(room).await
+            }
+        }
+    }
+
     pub(super) async fn subscribe(
         &mut self,
         room: RoomId,
         since: Option<String>,
     ) -> Result<(), End> {
+        self.subscribe_as(room, since, false).await
+    }
+
+    /// Subscribes as the client (`by_app` false) or the application asked.
+    async fn subscribe_as(
+        &mut self,
+        room: RoomId,
+        since: Option<String>,
+        by_app: bool,
+    ) -> Result<(), End> {
         let tag = Some(room.clone());
-        if let Err(why) = self.may_subscribe(&room).await {
+        if let Err(why) = self.may_subscribe(&room, by_app).await {
             return self.refuse(why, None, tag).await;
         }
         let id = self.app.next_conn_id();
@@ -39,8 +71,8 @@ impl Conn {
 
     /// Whether this socket may subscribe to `room` now; creates the room
     /// if auto-create allows it.
-    async fn may_subscribe(&mut self, room: &RoomId) -> Result<(), FrameRefusal> {
-        if self.admission.room.is_some() {
+    async fn may_subscribe(&mut self, room: &RoomId, by_app: bool) -> Result<(), FrameRefusal> {
+        if self.single {
             return Err(FrameRefusal::NotAllowed(
                 "this socket is in one room: open a multiplexed socket (/ws) to subscribe",
             ));
@@ -54,11 +86,13 @@ impl Conn {
         }
         if let Some(rooms) = &self.admission.token_rooms
             && !rooms.contains(room)
+            && !by_app
         {
             return Err(FrameRefusal::NotAllowed("room not allowed by the token"));
         }
         if let Some(rooms) = &self.admission.hook_rooms
             && !rooms.iter().any(|r| r == room.as_str())
+            && !by_app
         {
             return Err(FrameRefusal::NotAllowed(
                 "room not allowed by the application",
@@ -82,7 +116,7 @@ impl Conn {
 
     pub(super) async fn unsubscribe(&mut self, room: RoomId) -> Result<(), End> {
         let tag = Some(room.clone());
-        if self.admission.room.is_some() {
+        if self.single {
             let why = FrameRefusal::NotAllowed("this socket is in one room: close it to leave");
             return self.refuse(why, None, tag).await;
         }
@@ -114,15 +148,16 @@ impl Conn {
             let why = refuse("the token is for another user");
             return self.refuse(why, None, None).await;
         }
-        if let Some(own) = &self.admission.room
-            && !id.may_join(own)
+        if self.single
+            && let Some(own) = self.subs.first()
+            && !id.may_join(&own.room)
         {
             let why = refuse("the token does not allow this socket's room");
             return self.refuse(why, None, None).await;
         }
         self.admission.token_expires_at = id.expires_at;
         self.admission.token_rooms = id.rooms.clone();
-        if self.admission.room.is_none() {
+        if !self.single {
             while let Some(at) = self.subs.iter().position(|s| !id.may_join(&s.room)) {
                 let room = self.subs[at].room.clone();
                 self.leave(at).await;
@@ -141,7 +176,7 @@ impl Conn {
     /// Follows these users' status: a `status` for each now, then one per
     /// change (the hub is told by the presence backend, cluster-wide).
     pub(super) async fn watch(&mut self, users: Vec<roomcast_protocol::UserId>) -> Result<(), End> {
-        if self.admission.room.is_some() {
+        if self.single {
             let why = FrameRefusal::NotAllowed(
                 "this socket is in one room: open a multiplexed socket (/ws) to watch users",
             );

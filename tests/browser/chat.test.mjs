@@ -2,8 +2,8 @@
 // against real roomcast processes: two pages on different nodes of one Redis
 // chat, see presence and typing; then the node under one page is killed, the
 // page shows "reconnecting", comes back through another node (via nginx),
-// and shows every message sent meanwhile exactly once. Screenshots go to
-// tests/artifacts/.
+// and shows every message sent meanwhile exactly once; one socket carries
+// two rooms, with unread counts. Screenshots go to tests/artifacts/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -128,6 +128,23 @@ test("two pages on two nodes chat, and one survives the loss of its node", async
     await shownOnce(a, "back to normal", "A");
     await shownOnce(b, "back to normal", "B");
     await a.screenshot({ path: path.join(artifacts, "browser-3-page-a.png") });
+
+    // One socket, two rooms: bob opens a second room; what alice says in
+    // the lobby meanwhile shows as unread there, until bob goes back.
+    await b.getByTestId("room-name").fill("side");
+    await b.getByTestId("create-room").click();
+    await b.locator("#messages li.system", { hasText: "#side" }).waitFor();
+    await say(a, "unread one");
+    await say(a, "unread two");
+    const lobbyButton = b.locator('[data-testid="room"]', { hasText: "# lobby" });
+    await lobbyButton.locator('[data-testid="unread"]', { hasText: /^2$/ }).waitFor();
+    assert.equal(await shown(b, "unread one").count(), 0, "not shown in the side room");
+    await lobbyButton.click();
+    await shownOnce(b, "unread two", "B");
+    assert.equal(await lobbyButton.locator('[data-testid="unread"]').count(), 0, "read now");
+    // Alice follows bob's status (met in the lobby): online.
+    await a.locator('#people li[data-online="true"]', { hasText: "bob" }).waitFor();
+    await b.screenshot({ path: path.join(artifacts, "browser-4-page-b-two-rooms.png") });
   } finally {
     await browser.close();
   }

@@ -3,7 +3,8 @@
 // chat, see presence and typing; then the node under one page is killed, the
 // page shows "reconnecting", comes back through another node (via nginx),
 // and shows every message sent meanwhile exactly once; one socket carries
-// two rooms, with unread counts. Screenshots go to tests/artifacts/.
+// two rooms, with unread counts, online status, and a direct message from
+// the application. Screenshots go to tests/artifacts/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -14,7 +15,8 @@ import { freePort, launchChromium, root, run, startEdge as start, waitHttp } fro
 const artifacts = path.join(root, "tests/artifacts");
 mkdirSync(artifacts, { recursive: true });
 
-const startEdge = (port, id, redisUrl) => start(port, { NODE_ID: id, REDIS_URL: redisUrl });
+const KEY = "browser-chat-server-key";
+const startEdge = (port, id, redisUrl) => start(port, { NODE_ID: id, REDIS_URL: redisUrl, SERVER_API_KEY: KEY });
 
 async function startNginx(upstreams) {
   const port = await freePort();
@@ -144,6 +146,16 @@ test("two pages on two nodes chat, and one survives the loss of its node", async
     assert.equal(await lobbyButton.locator('[data-testid="unread"]').count(), 0, "read now");
     // Alice follows bob's status (met in the lobby): online.
     await a.locator('#people li[data-online="true"]', { hasText: "bob" }).waitFor();
+    // The application's backend sends bob a direct message: it reaches his
+    // page through his one socket, wherever it is.
+    const bobId = await b.evaluate(() => JSON.parse(localStorage.getItem("roomcast.user")).id);
+    const dm = await fetch(`http://127.0.0.1:${ports[0]}/users/${bobId}/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ data: { from: "alice", text: "a word in private" } }),
+    });
+    assert.equal(dm.status, 202);
+    await b.locator('[data-testid="direct-message"]', { hasText: "a word in private" }).waitFor();
     await b.screenshot({ path: path.join(artifacts, "browser-4-page-b-two-rooms.png") });
   } finally {
     await browser.close();

@@ -166,6 +166,28 @@ async fn one_socket_joins_publishes_and_leaves_rooms() {
         .await;
     assert_eq!(bob.next_of("error").await["code"], "forbidden");
 
+    // Alice is in room three twice (a single-room tab too): leaving it on
+    // the multiplexed socket is no news to the room.
+    let (mut tab, _, _) = Client::join(&edge.ws_url(&format!("/ws/{r3}/alice"))).await;
+    let (mut carl, _, _) = Client::join(&edge.ws_url(&format!("/ws/{r3}/carl"))).await;
+    m.send_json(&json!({"type": "unsubscribe", "room_id": r3}))
+        .await;
+    assert_eq!(m.next_of("unsubscribed").await["room_id"], r3.as_str());
+    tab.send_json(&json!({"content": "still in three"})).await;
+    let next = carl.next_json().await;
+    assert_eq!(
+        (next["type"].as_str(), next["content"].as_str()),
+        (Some("message"), Some("still in three")),
+        "no user_left before it: {next}"
+    );
+    drop(tab);
+    assert_eq!(
+        carl.next_of("user_left").await["user_id"],
+        "alice",
+        "her last presence"
+    );
+    subscribe(&mut m, &r3, None).await;
+
     // Leaving room two announces alice left; her other rooms go on.
     m.send_json(&json!({"type": "unsubscribe", "room_id": r2}))
         .await;

@@ -208,16 +208,24 @@ async fn the_chat_page_and_client_module_are_served() {
         );
         assert!(
             r.body
-                .contains("import { RoomcastClient } from \"/client.js\"")
+                .contains("import { RoomcastSession } from \"/session.js\"")
         );
     }
-    let js = edge.get("/client.js").await;
-    assert_eq!(js.status, 200);
-    assert!(
-        js.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/javascript")
-    );
-    assert!(js.body.contains("export class RoomcastClient"));
+    for (path, class) in [
+        ("/client.js", "export class RoomcastClient"),
+        ("/session.js", "export class RoomcastSession"),
+    ] {
+        let js = edge.get(path).await;
+        assert_eq!(js.status, 200, "{path}");
+        assert!(
+            js.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        assert!(js.body.contains(class), "{path}");
+    }
+    // session.js builds on client.js, as a browser resolves it.
+    let session = edge.get("/session.js").await.body;
+    assert!(session.contains("from \"./client.js\""));
 }

@@ -223,11 +223,13 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
             body_prefix: body.clone(),
             until,
         };
-        // Spread the publishers over one period, not all at once.
+        // Spread the publishers evenly over one period (a room's interval
+        // between messages), so the total rate is steady, not a burst of
+        // every room at once followed by silence.
         let delay = Duration::from_secs_f64(r as f64 / rooms_n as f64 / per_room.max(0.001));
         let stop = stop_rx.clone();
         pubs.push(tokio::spawn(async move {
-            tokio::time::sleep(delay.min(Duration::from_secs(1))).await;
+            tokio::time::sleep(delay).await;
             member(j.ws, r, j.start, Some(publish), stop).await
         }));
     }

@@ -92,6 +92,12 @@ pub(super) async fn member(
             _ = stop.changed() => break,
             _ = tick.tick(), if publishing => {
                 let p = publish.as_ref().expect("publishing");
+                // The tick may come due after the window closed (the
+                // branch was enabled before): a late send would be
+                // counted as owed to readers that are already stopping.
+                if Instant::now() >= p.until {
+                    continue;
+                }
                 let frame = format!("{}{}\"}}", p.body_prefix, client::client_id(p.id, sent));
                 sent += 1;
                 if ws.send(Message::Text(frame.into())).await.is_err() {

@@ -248,6 +248,8 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut latency = report::histogram();
     let empty = Tally::default();
+    // (room, offset) → readers that missed it, to say what was lost.
+    let mut missing: std::collections::BTreeMap<(usize, u64), usize> = Default::default();
     for t in reads {
         let r = t.await.map_err(|e| e.to_string())?;
         for (room, start) in &r.starts {
@@ -258,6 +260,7 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
                     delivered += 1;
                 } else {
                     lost += 1;
+                    *missing.entry((*room, *offset)).or_default() += 1;
                 }
             }
             dups += tally.duplicates;
@@ -277,6 +280,14 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
     report.set("deliveries_per_second", (delivered as f64 / secs).round());
     report.latency("latency", &latency);
     report.set("connections_closed_early", closed);
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing
+            .iter()
+            .take(10)
+            .map(|((room, offset), n)| format!("{} offset {offset}: {n} readers", rooms[*room]))
+            .collect();
+        report.warn(format!("missed: {}", shown.join("; ")));
+    }
     if lost > 0 || dups > 0 || ooo > 0 || closed > 0 {
         report.fail(format!(
             "{lost} lost, {dups} duplicated, {ooo} out of order, {closed} connections closed early"

@@ -1,18 +1,177 @@
-//! A multiplexed socket's subscriptions (`subscribe`, `unsubscribe`), the
-//! users whose status it follows (`watch`, `unwatch`), and the in-band
-//! token `refresh` every socket may send.
+//! The rooms a connection is in: joining one (hub, node subscription,
+//! presence, position and replay) and leaving it, for the single-room
+//! socket's one room and a multiplexed socket's subscriptions
+//! (`subscribe`, `unsubscribe`, and the application's requests); the users
+//! a multiplexed socket follows (`watch`, `unwatch`); and the in-band token
+//! `refresh` every socket may send.
 //!
 //! A subscription is admitted by the rules a single-room socket meets at
 //! its handshake (the token's `rooms` claim, the connect hook's rooms, the
 //! room existing or auto-created), but a refusal is an `error` frame naming
 //! the room, not a close: the socket and its other rooms go on.
 
-use roomcast_core::hub::Control;
+use roomcast_core::history::Since;
+use roomcast_core::hub::{ConnId, Control, Member};
 use roomcast_core::store::{AdmitPolicy, Admitted};
-use roomcast_protocol::{RefreshedFrame, RoomId, RoomRef, ServerFrame};
+use roomcast_protocol::{
+    ConnectedFrame, PresenceFrame, RefreshedFrame, RoomId, RoomRef, ServerFrame, SubscribedFrame,
+    Timestamp, UserEventFrame,
+};
 
-use super::Conn;
+use super::{Conn, Sub};
 use crate::error::{End, FrameRefusal};
+use crate::ws::recovery::recovery;
+
+impl Conn {
+    /// Joins `room` as membership `id`: hub and subscription, presence,
+    /// the first frame (`connected` for a single-room socket, `subscribed`
+    /// otherwise), `presence`, recovery replay, and `user_joined` to the
+    /// others. On an error the membership stays in `subs` for
+    /// [`leave`](Self::leave) to undo.
+    pub(super) async fn join(
+        &mut self,
+        room: RoomId,
+        since: Option<String>,
+        id: ConnId,
+    ) -> Result<(), End> {
+        let app = self.app.clone();
+        let member = Member {
+            conn: id,
+            user: self.admission.user.user_id.clone(),
+            outbox: self.outbox.clone(),
+        };
+        let at = self.subs.partition_point(|s| s.id < id);
+        self.subs.insert(
+            at,
+            Sub {
+                id,
+                room: room.clone(),
+                conn_key: roomcast_core::presence::conn_key(&app.node_id, id),
+                seen_offset: 0,
+                in_hub: true,
+                in_presence: false,
+            },
+        );
+        // Joining the hub first means every publish this node receives from
+        // here on is queued for us. `subscribe` returns once the node
+        // receives the room's publishes (at once if it already does), so
+        // the history read below cannot leave a gap. Every connection asks,
+        // not only the room's first: a second one must not read its position
+        // while the first one's subscription is still being set up.
+        app.hub.join(&room, member);
+        app.backend.broker.subscribe(&room).await?;
+        // Presence (with the `user_joined` announcement when this is the
+        // user's first connection in the room) and the recovery read are
+        // independent: both go to the backend at once.
+        let joined = ServerFrame::UserJoined(self.user_event(&room)).to_json();
+        let backend = &app.backend;
+        let conn_key = self.subs[at].conn_key.clone();
+        let join = backend.presence.join_announced(
+            &room,
+            &self.admission.user,
+            &conn_key,
+            &*backend.broker,
+            joined.into(),
+        );
+        let recover = recovery(&app, &room, since.as_deref());
+        let (joined, start) = tokio::join!(join, recover);
+        // Joined even if the recovery read failed: `leave` must then undo it.
+        self.subs[at].in_presence = joined.is_ok();
+        let (_, users) = joined?;
+        let start = start?;
+        let (position, recovered) = (start.position, start.recovered);
+        self.subs[at].seen_offset = position.offset;
+        let first = if self.single {
+            ServerFrame::Connected(ConnectedFrame {
+                room_id: Some(room.clone()),
+                user_id: self.admission.user.user_id.clone(),
+                username: self.admission.user.username.clone(),
+                node_id: app.node_id.to_string(),
+                offset: Some(position.offset),
+                epoch: Some(position.epoch),
+                recovered,
+            })
+        } else {
+            ServerFrame::Subscribed(SubscribedFrame {
+                room_id: room.clone(),
+                offset: position.offset,
+                epoch: position.epoch,
+                recovered,
+            })
+        };
+        self.feed(first.to_json()).await?;
+        self.feed(
+            ServerFrame::Presence(PresenceFrame {
+                room_id: room.clone(),
+                users,
+            })
+            .to_json(),
+        )
+        .await?;
+        // The replay, a bounded page at a time; live messages meanwhile wait
+        // in the outbox and those the replay already sent are skipped.
+        let (mut page, mut rest) = (start.first, start.rest);
+        while !page.is_empty() {
+            for m in &page {
+                let sub = &mut self.subs[at];
+                sub.seen_offset = sub.seen_offset.max(m.offset);
+                self.feed(m.to_frame_json()).await?;
+            }
+            self.flush().await?;
+            page = rest.next(&app, &room).await?;
+        }
+        self.flush().await?;
+        if recovered == Some(false) && since.as_deref().is_some_and(|s| Since::parse(s).is_err()) {
+            let room = (!self.single).then_some(room);
+            self.send_refusal(FrameRefusal::BadSince, None, room)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the membership at `subs[at]`: the hub (unsubscribing the node
+    /// from the room when it was its last member), presence, and
+    /// `user_left` if this was the user's last connection in the room
+    /// anywhere.
+    pub(super) async fn leave(&mut self, at: usize) {
+        let sub = self.subs.remove(at);
+        let app = self.app.clone();
+        let room = &sub.room;
+        if sub.in_hub
+            && app.hub.leave(room, sub.id)
+            && let Err(e) = app.backend.broker.unsubscribe(room).await
+        {
+            tracing::warn!(error = %e, "unsubscribe failed");
+        }
+        if sub.in_presence {
+            let user = &self.admission.user.user_id;
+            match app.backend.presence.remove(room, user, &sub.conn_key).await {
+                Ok(true) => {
+                    let left = ServerFrame::UserLeft(self.user_event(room));
+                    if let Err(e) = app
+                        .backend
+                        .broker
+                        .publish_event(room, left.to_json().into(), None)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "user_left not published");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence not updated on leave"),
+            }
+        }
+    }
+
+    pub(super) fn user_event(&self, room: &RoomId) -> UserEventFrame {
+        UserEventFrame {
+            room_id: room.clone(),
+            user_id: self.admission.user.user_id.clone(),
+            username: self.admission.user.username.clone(),
+            timestamp: Timestamp::now(),
+        }
+    }
+}
 
 impl Conn {
     /// The application's request (`POST /users/{id}/subscribe` or

@@ -83,6 +83,8 @@ pub fn start(
     });
     let (tx, rx) = mpsc::channel(broker::COMMAND_QUEUE);
     let history = history::RedisHistory::new(redis.clone(), opts.history.clone());
+    let presence = presence::RedisPresence::with_stats(redis.clone(), stats.clone());
+    let registered = presence.registered();
     let backend = Backend {
         store: Arc::new(store::RedisStore::new(redis.clone())),
         history: Arc::new(history.clone()),
@@ -93,10 +95,7 @@ pub fn start(
             tx,
             shared.clone(),
         )),
-        presence: Arc::new(presence::RedisPresence::with_stats(
-            redis.clone(),
-            stats.clone(),
-        )),
+        presence: Arc::new(presence),
         events: opts.events.is_on().then(|| {
             Arc::new(events::RedisEvents::new(redis.clone()))
                 as Arc<dyn roomcast_core::events::EventQueue>
@@ -119,6 +118,7 @@ pub fn start(
             redis.clone(),
             opts.node_id.clone(),
             hub,
+            registered,
             stats.clone(),
             opts.timing,
             shutdown.clone(),

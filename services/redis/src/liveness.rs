@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Redis, unavailable};
 use crate::envelope;
-use crate::presence::{RedisPresence, node_entry};
+use crate::presence::{RedisPresence, Registered, node_entry};
 use crate::scripts::{LEASE, LOCK, SWEEP_NODE};
 use roomcast_core::presence::{Presence, conn_key};
 
@@ -166,21 +166,34 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
 /// After a lost lease: asks exactly the local connections whose presence
 /// entries are gone (swept, or lost with Redis's data) to reconnect and
 /// resynchronize. Connections registered since (clients that already came
-/// back after a history reset, say) keep going. If the entries cannot be
-/// read, every connection resyncs.
-async fn resync_swept(redis: &Redis, node: &str, hub: &Hub) -> usize {
+/// back after a history reset, say) keep going, and so do connections whose
+/// registration had not returned when the entries were read: it is being
+/// written into Redis's current data, so nothing of theirs was lost (a
+/// client that came back just as the loss was noticed would otherwise be
+/// closed a second time). If the entries cannot be read, every connection
+/// resyncs.
+async fn resync_swept(redis: &Redis, node: &str, hub: &Hub, confirmed: &Registered) -> usize {
+    // Taken before the read: an entry confirmed by then is in what it reads.
+    let confirmed = confirmed.snapshot();
     match node_entries(redis, node).await {
         Ok(entries) => {
-            // Connection ids are unique on a node.
-            let registered: HashSet<ConnId> = hub
+            // Connection ids are unique on a node; a multiplexed
+            // connection has one entry per room.
+            let present: HashSet<(RoomId, ConnId)> = hub
                 .local_connections()
                 .into_iter()
                 .filter(|(room, user, conn)| {
                     entries.contains(&node_entry(room, user, &conn_key(node, *conn)))
                 })
-                .map(|(_, _, conn)| conn)
+                .map(|(room, _, conn)| (room, conn))
                 .collect();
-            hub.kill_where(|_, conn| !registered.contains(&conn), KillReason::Resync)
+            hub.kill_where(
+                |room, conn| {
+                    let key = (room.clone(), conn);
+                    confirmed.contains(&key) && !present.contains(&key)
+                },
+                KillReason::Resync,
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read this node's presence entries; resyncing every connection");
@@ -212,6 +225,7 @@ pub async fn hold_lease(
     redis: Redis,
     node: String,
     hub: Arc<Hub>,
+    registered: Arc<Registered>,
     stats: Arc<BackendStats>,
     timing: Timing,
     shutdown: CancellationToken,
@@ -271,7 +285,7 @@ pub async fn hold_lease(
                 reconcile_in.get_or_insert(2);
             }
             Ok(_) => {
-                let n = resync_swept(&redis, &node, &hub).await;
+                let n = resync_swept(&redis, &node, &hub, &registered).await;
                 tracing::error!(
                     node,
                     connections = n,

@@ -6,7 +6,13 @@
 //! what to remove. Add and remove are Lua scripts: the "first connection"
 //! and "last connection" decisions are atomic, so `user_joined` and
 //! `user_left` are announced once for the whole cluster.
+//!
+//! The node also remembers which of its own connections' entries are
+//! written ([`Registered`]): after a lost lease, only connections whose
+//! entry was written and is now gone must resync; one whose write is still
+//! on its way is registering in Redis's current data and is left alone.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,7 +21,9 @@ use bytes::Bytes;
 use redis::{Script, ScriptInvocation};
 use roomcast_core::broker::Broker;
 use roomcast_core::envelope::Envelope;
+use roomcast_core::hub::ConnId;
 use roomcast_core::presence::Presence;
+use roomcast_core::shard::Sharded;
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{PresenceUser, RoomId, UserId};
 
@@ -28,19 +36,65 @@ pub struct RedisPresence {
     redis: Redis,
     /// Where a failed removal is flagged for the node to reconcile.
     stats: Option<Arc<BackendStats>>,
+    registered: Arc<Registered>,
+}
+
+/// This process's connections whose presence entry Redis has confirmed
+/// (an add or join that returned) and that have not been removed since.
+/// Keyed by room and connection (a multiplexed connection has an entry per
+/// room). Sharded by connection id; each lock is held for one set
+/// operation, never across an `.await`.
+#[derive(Debug)]
+pub struct Registered(Sharded<HashSet<(RoomId, ConnId)>>);
+
+impl Default for Registered {
+    fn default() -> Self {
+        Self(Sharded::new(16))
+    }
+}
+
+impl Registered {
+    fn set(&self, room: &RoomId, conn_key: &str, on: bool) {
+        let Some(id) = conn_id_of(conn_key) else {
+            return;
+        };
+        let mut shard = self.0.shard(&id).write();
+        if on {
+            shard.insert((room.clone(), id));
+        } else {
+            shard.remove(&(room.clone(), id));
+        }
+    }
+
+    /// Every (room, connection) entry confirmed so far.
+    pub fn snapshot(&self) -> HashSet<(RoomId, ConnId)> {
+        self.0
+            .all()
+            .flat_map(|s| s.read().iter().cloned().collect::<Vec<_>>())
+            .collect()
+    }
 }
 
 impl RedisPresence {
     pub fn new(redis: Redis) -> Self {
-        Self { redis, stats: None }
+        Self {
+            redis,
+            stats: None,
+            registered: Arc::default(),
+        }
     }
 
     /// Flags `stats.presence_dirty` when a removal fails.
     pub fn with_stats(redis: Redis, stats: Arc<BackendStats>) -> Self {
         Self {
-            redis,
             stats: Some(stats),
+            ..Self::new(redis)
         }
+    }
+
+    /// This node's confirmed entries (for lease recovery).
+    pub fn registered(&self) -> Arc<Registered> {
+        self.registered.clone()
     }
 
     async fn change(
@@ -57,13 +111,22 @@ impl RedisPresence {
             &*PRESENCE_REMOVE
         };
         let invocation = self.invocation(script, room, user, username, conn);
-        self.redis
+        if !add {
+            // Whatever the outcome, the entry no longer counts as confirmed.
+            self.registered.set(room, conn, false);
+        }
+        let changed = self
+            .redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
                 let changed: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
                 Ok(changed == 1)
             })
-            .await
+            .await?;
+        if add {
+            self.registered.set(room, conn, true);
+        }
+        Ok(changed)
     }
 
     /// The KEYS and ARGV every presence script takes (see `scripts`).
@@ -110,14 +173,17 @@ impl RedisPresence {
         if let Some(payload) = announce {
             invocation.arg(self.redis.keys.channel(room)).arg(payload);
         }
-        self.redis
+        let joined = self
+            .redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
                 let (first, all): (i64, Vec<(String, String)>) =
                     invocation.invoke_async(&mut c).await.map_err(unavailable)?;
                 Ok((first == 1, users_of(all)))
             })
-            .await
+            .await?;
+        self.registered.set(room, conn, true);
+        Ok(joined)
     }
 }
 
@@ -131,6 +197,11 @@ pub fn node_entry(room: &RoomId, user: &UserId, conn_key: &str) -> String {
 /// The node part of a `node/conn` connection key.
 fn node_of(conn: &str) -> &str {
     conn.split('/').next().unwrap_or(conn)
+}
+
+/// The connection id part of a `node/conn` connection key.
+fn conn_id_of(conn: &str) -> Option<ConnId> {
+    conn.rsplit_once('/')?.1.parse().ok()
 }
 
 /// The users of a presence hash's `HGETALL`, ordered by user id.

@@ -352,4 +352,36 @@ async fn one_rooms_broken_stream_does_not_reset_the_others() {
     }
     assert_eq!(node.metric("roomcast_broker_reconnects_total").await, 0.0);
     assert_eq!(node.try_status("/ready").await, Some(200));
+    assert_eq!(
+        node.metric("roomcast_broker_room_read_failures_total")
+            .await,
+        6.0,
+        "every read was tried before the room was refused"
+    );
+}
+
+/// A room whose stream fails to read for a moment (here: its key holds the
+/// wrong type until the test deletes it, once the node has seen a failure)
+/// is retried alone: its joiner gets in, nobody else noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_stream_failing_for_a_moment_is_retried_and_its_joiner_gets_in() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let (room, user) = (node.room("flaky").await, node.user("u").await);
+    let log = format!("roomcast:log:{room}");
+    assert_eq!(redis.cli(&["SET", &log, "not a stream"]), "OK");
+    let mut c = Client::connect(&node.ws_url(&format!("/ws/{room}/{user}"))).await;
+    let failures = "roomcast_broker_room_read_failures_total";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric(failures).await < 1.0 {
+        assert!(Instant::now() < deadline, "the node never read the room");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(redis.cli(&["DEL", &log]), "1");
+    let connected = c.next_json().await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    assert_eq!(c.next_json().await["type"], "presence");
+    assert!(node.metric(failures).await < 6.0, "it got in before giving up");
+    assert_eq!(node.metric("roomcast_broker_reconnects_total").await, 0.0);
 }

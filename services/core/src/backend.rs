@@ -32,6 +32,9 @@ pub struct BackendStats {
     pub broker_reconnects: AtomicU64,
     /// Messages a node fetched from history to fill a gap in its subscription.
     pub history_backfilled: AtomicU64,
+    /// Reads of one room's stream by the pub/sub session that failed and
+    /// were retried (or, after the last attempt, gave the room up).
+    pub room_read_failures: AtomicU64,
     /// Sweeps of dead nodes' presence run by this process.
     pub presence_sweeps: AtomicU64,
     /// Users announced left because their node died.

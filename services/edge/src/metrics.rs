@@ -330,7 +330,7 @@ pub struct BackendCounters {
 
 type Read = fn(&BackendStats) -> &AtomicU64;
 
-const BACKEND_COUNTERS: [(&str, &str, Read); 5] = [
+const BACKEND_COUNTERS: [(&str, &str, Read); 6] = [
     (
         "roomcast_broker_reconnects_total",
         "Times this node re-established its pub/sub connection.",
@@ -340,6 +340,11 @@ const BACKEND_COUNTERS: [(&str, &str, Read); 5] = [
         "roomcast_history_backfilled_total",
         "Messages fetched from history to fill a gap in this node's subscription.",
         |s| &s.history_backfilled,
+    ),
+    (
+        "roomcast_broker_room_read_failures_total",
+        "Reads of one room's stream by this node's pub/sub session that failed (each is retried for that room alone, a few times).",
+        |s| &s.room_read_failures,
     ),
     (
         "roomcast_presence_sweeps_total",

@@ -105,7 +105,7 @@ pub fn start(
     let tracker = TaskTracker::new();
     let session = pubsub::PubSubSession::new(
         redis.clone(),
-        history,
+        Arc::new(history),
         hub.clone(),
         &opts.node_id,
         rx,

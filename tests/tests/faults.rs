@@ -382,6 +382,9 @@ async fn a_rooms_stream_failing_for_a_moment_is_retried_and_its_joiner_gets_in()
     let connected = c.next_json().await;
     assert_eq!(connected["type"], "connected", "{connected}");
     assert_eq!(c.next_json().await["type"], "presence");
-    assert!(node.metric(failures).await < 6.0, "it got in before giving up");
+    assert!(
+        node.metric(failures).await < 6.0,
+        "it got in before giving up"
+    );
     assert_eq!(node.metric("roomcast_broker_reconnects_total").await, 0.0);
 }

@@ -127,23 +127,23 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
         return Err("--rooms-per-conn must be between 1 and --rooms".into());
     }
     let (rooms, users) = setup(o, rooms_n, o.connections + rooms_n).await?;
-    // Publishers first: one single-room socket per room.
-    let targets: Vec<_> = (0..rooms_n)
-        .map(|r| {
-            (
-                o.urls[r % o.urls.len()].clone(),
-                rooms[r].clone(),
-                users[o.connections + r].clone(),
-            )
-        })
-        .collect();
-    let (publishers, _) = join_all(targets, o.connect_concurrency).await;
-    let publishers: Vec<_> = publishers.into_iter().collect::<Result<_, _>>()?;
-    // Readers: connection i takes rooms i*k .. i*k+k (mod R).
+    let index: Arc<HashMap<String, usize>> = Arc::new(
+        rooms
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), i))
+            .collect(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let last = Arc::new(AtomicU64::new(client::now_micros()));
+    // Readers: connection i takes rooms i*k .. i*k+k (mod R). Each reads
+    // from the moment it is subscribed (a socket left unread through a
+    // long setup answers no ping and is closed by the server's heartbeat).
     let sem = Arc::new(Semaphore::new(o.connect_concurrency));
     let started = Instant::now();
     let cpu0 = report::self_cpu_seconds();
-    let tasks: Vec<_> = (0..o.connections)
+    let mut subscribed = Vec::with_capacity(o.connections);
+    let reads: Vec<_> = (0..o.connections)
         .map(|i| {
             let sem = sem.clone();
             let base = o.urls[i % o.urls.len()].clone();
@@ -154,18 +154,31 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
                     (r, rooms[r].clone())
                 })
                 .collect();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            subscribed.push(rx);
+            let (index, last, stop) = (index.clone(), last.clone(), stop_rx.clone());
             tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                open(&base, &user, mine).await
+                let opened = {
+                    let _permit = sem.acquire_owned().await;
+                    open(&base, &user, mine).await
+                };
+                match opened {
+                    Ok(r) => {
+                        let _ = tx.send(Ok(r.setup));
+                        Some(read(r, index, last, stop).await)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        None
+                    }
+                }
             })
         })
         .collect();
-    let mut readers = Vec::with_capacity(tasks.len());
     let mut setup_latency = report::histogram();
-    for t in tasks {
-        let r = t.await.map_err(|e| e.to_string())??;
-        let _ = setup_latency.record(r.setup.as_micros().max(1) as u64);
-        readers.push(r);
+    for rx in subscribed {
+        let setup = rx.await.map_err(|e| e.to_string())??;
+        let _ = setup_latency.record(setup.as_micros().max(1) as u64);
     }
     let setup_time = started.elapsed().as_secs_f64();
     report.loadgen_cpu(report::self_cpu_seconds() - cpu0, setup_time);
@@ -179,25 +192,27 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
         ((o.connections * k) as f64 / setup_time).round(),
     );
     report.latency("setup", &setup_latency);
+    // Then the publishers: one single-room socket per room. Not before the
+    // readers: a socket nobody reads during a long setup answers no ping
+    // and is closed by the server's heartbeat (its room then publishes
+    // nothing).
+    let targets: Vec<_> = (0..rooms_n)
+        .map(|r| {
+            (
+                o.urls[r % o.urls.len()].clone(),
+                rooms[r].clone(),
+                users[o.connections + r].clone(),
+            )
+        })
+        .collect();
+    let (publishers, _) = join_all(targets, o.connect_concurrency).await;
+    let publishers: Vec<_> = publishers.into_iter().collect::<Result<_, _>>()?;
     if let Some(path) = &o.ready_file {
         std::fs::write(path, "subscribed\n").map_err(|e| format!("--ready-file: {e}"))?;
     }
-    let index: Arc<HashMap<String, usize>> = Arc::new(
-        rooms
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.clone(), i))
-            .collect(),
-    );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // The readers read from now on; publishing starts once the joins'
-    // presence traffic (every join is news to the room's other members)
-    // has passed: a second with no frame at all, or a minute at most.
-    let last = Arc::new(AtomicU64::new(client::now_micros()));
-    let reads: Vec<_> = readers
-        .into_iter()
-        .map(|r| tokio::spawn(read(r, index.clone(), last.clone(), stop_rx.clone())))
-        .collect();
+    // Publishing starts once the joins' presence traffic (every join is
+    // news to the room's other members) has passed: a second with no frame
+    // at all, or a minute at most.
     let quiet_since = Instant::now();
     while client::now_micros().saturating_sub(last.load(Ordering::Relaxed)) < 1_000_000
         && quiet_since.elapsed() < Duration::from_secs(60)
@@ -251,7 +266,10 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
     // (room, offset) → readers that missed it, to say what was lost.
     let mut missing: std::collections::BTreeMap<(usize, u64), usize> = Default::default();
     for t in reads {
-        let r = t.await.map_err(|e| e.to_string())?;
+        let r = t
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("a reader that subscribed has no result")?;
         for (room, start) in &r.starts {
             let tally = r.tallies.get(room).unwrap_or(&empty);
             for offset in acked[*room].iter().filter(|o| **o > *start) {

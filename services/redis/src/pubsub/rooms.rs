@@ -9,7 +9,7 @@
 //! awaits Redis for a room.
 //!
 //! A failed read is retried for that room alone, with backoff; after
-//! [`ATTEMPTS`] the room gives up: its waiting joiners are refused and, if
+//! `ATTEMPTS` the room gives up: its waiting joiners are refused and, if
 //! it had clients already, they are told to resync (they reconnect with
 //! `since` and recover from history themselves).
 
@@ -17,18 +17,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use roomcast_core::envelope::Envelope;
-use roomcast_core::history::{History, StreamPosition};
 use roomcast_core::hub::{Hub, KillReason};
 use roomcast_core::{BackendError, BackendStats};
-use roomcast_protocol::{RoomId, Timestamp};
+use roomcast_protocol::RoomId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::broker::Shared;
 use crate::envelope::Received;
-use crate::history::RedisHistory;
 
 /// Reads of a room before it gives up.
 pub(super) const ATTEMPTS: u32 = 6;
@@ -41,41 +36,8 @@ const READS_IN_FLIGHT: usize = 32;
 /// Publishes a busy room holds. Past it, newer publishes are not kept: the
 /// room reads them from its stream when its read is done.
 const HELD_MAX: usize = 1024;
-/// Frames fetched per backfill read.
-const BACKFILL_PAGE: usize = 1000;
-
 /// Answers a connection waiting for its room's subscription.
 pub(super) type Reply = oneshot::Sender<Result<(), BackendError>>;
-
-/// What the session reads from a room's stream; [`RedisHistory`] in
-/// production (a seam for tests that pause one room's reads).
-#[async_trait]
-pub trait Streams: Send + Sync + 'static {
-    async fn position(&self, room: &RoomId) -> Result<StreamPosition, BackendError>;
-    /// Stored frames after `offset` (at most `count`), and the position.
-    async fn frames_after(
-        &self,
-        room: &RoomId,
-        offset: u64,
-        count: usize,
-    ) -> Result<(StreamPosition, Vec<(u64, String)>), BackendError>;
-}
-
-#[async_trait]
-impl Streams for RedisHistory {
-    async fn position(&self, room: &RoomId) -> Result<StreamPosition, BackendError> {
-        History::position(self, room).await
-    }
-
-    async fn frames_after(
-        &self,
-        room: &RoomId,
-        offset: u64,
-        count: usize,
-    ) -> Result<(StreamPosition, Vec<(u64, String)>), BackendError> {
-        RedisHistory::frames_after(self, room, offset, count).await
-    }
-}
 
 /// Where the node stands in a room's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,20 +77,6 @@ pub(super) struct Done {
     room: RoomId,
     task: u64,
     result: Result<Outcome, BackendError>,
-}
-
-#[derive(Debug)]
-enum Outcome {
-    /// Read (and delivered) up to here.
-    At(Cursor),
-    /// The room's history was lost: its clients must resync.
-    Reset(Cursor),
-}
-
-#[derive(Debug, Clone)]
-enum Read {
-    Position,
-    After { from: Cursor, until: u64 },
 }
 
 pub(super) struct Rooms<S: Streams> {
@@ -490,64 +438,9 @@ impl<S: Streams> Rooms<S> {
     }
 }
 
-/// One read: the room's position, or its stored messages after a cursor
-/// up to `until`, delivered to the hub a page at a time.
-async fn run<S: Streams>(
-    streams: &S,
-    hub: &Hub,
-    stats: &BackendStats,
-    room: &RoomId,
-    read: Read,
-) -> Result<Outcome, BackendError> {
-    let (mut cursor, until) = match read {
-        Read::Position => {
-            let pos = streams.position(room).await?;
-            return Ok(Outcome::At(Cursor {
-                epoch: pos.epoch,
-                last: pos.offset,
-            }));
-        }
-        Read::After { from, until } => (from, until),
-    };
-    loop {
-        if cursor.last >= until {
-            return Ok(Outcome::At(cursor));
-        }
-        let (pos, frames) = streams
-            .frames_after(room, cursor.last, BACKFILL_PAGE)
-            .await?;
-        if pos.epoch != cursor.epoch {
-            return Ok(Outcome::Reset(Cursor {
-                epoch: pos.epoch,
-                last: pos.offset,
-            }));
-        }
-        let mut n = 0;
-        for (offset, frame) in frames.into_iter().filter(|(o, _)| *o <= until) {
-            if offset != cursor.last + 1 {
-                tracing::warn!(%room, from = cursor.last + 1, to = offset - 1, "messages trimmed from history before this node could deliver them");
-            }
-            hub.deliver(&Envelope {
-                room: room.clone(),
-                frame: Bytes::from(frame),
-                offset,
-                exclude_user: None,
-                origin_node: "backfill".into(),
-                published_at: Timestamp::now(),
-                trace: None,
-            });
-            cursor.last = offset;
-            n += 1;
-        }
-        if n > 0 {
-            tracing::info!(%room, n, "backfilled messages missed by the subscription");
-            BackendStats::add(&stats.history_backfilled, n);
-        }
-        if n == 0 || cursor.last >= pos.offset.min(until) {
-            return Ok(Outcome::At(cursor));
-        }
-    }
-}
-
+mod read;
 #[cfg(test)]
 mod tests;
+
+pub use read::Streams;
+use read::{Outcome, Read, run};

@@ -10,6 +10,12 @@ use roomcast_core::hub::{ConnId, Member};
 use roomcast_core::outbox::Outbox;
 use roomcast_protocol::UserId;
 
+use async_trait::async_trait;
+use bytes::Bytes;
+use roomcast_core::envelope::Envelope;
+use roomcast_core::history::StreamPosition;
+use roomcast_protocol::Timestamp;
+
 use super::*;
 
 /// A room's epoch and stored `(offset, frame)`s.

@@ -208,10 +208,7 @@ impl<S: Streams> PubSubSession<S> {
         // Resubscribe every room this node serves; each is caught up (what
         // was published while we were away) once its channel is active.
         let mut queue: VecDeque<SinkOp> = VecDeque::new();
-        let resume = self.rooms.reconnected();
-        if !resume.is_empty() {
-            queue.push_back(SinkOp::Subscribe(resume));
-        }
+        push(&mut queue, SinkOp::Subscribe(self.rooms.reconnected()));
         let mut in_flight: InFlight = FuturesUnordered::new();
         let channel_prefix = self.redis.keys.channel_prefix();
         let mut tick = tokio::time::interval(ROUND_TRIP_EVERY);

@@ -40,7 +40,7 @@ const HELD_MAX: usize = 1024;
 pub(super) type Reply = oneshot::Sender<Result<(), BackendError>>;
 
 /// Where the node stands in a room's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) struct Cursor {
     pub epoch: String,
     pub last: u64,
@@ -208,13 +208,7 @@ impl<S: Streams> Rooms<S> {
             };
             b.active = true;
             if b.task.is_none() {
-                let read = match &b.cursor {
-                    None => Read::Position,
-                    Some(c) => Read::After {
-                        from: c.clone(),
-                        until: u64::MAX,
-                    },
-                };
+                let read = Read::catch_up(b.cursor.clone());
                 b.catch_up = false;
                 self.start(room, read, Duration::ZERO);
             }
@@ -276,13 +270,7 @@ impl<S: Streams> Rooms<S> {
                 BackendStats::add(&self.shared.stats.room_read_failures, 1);
                 if b.attempt < ATTEMPTS {
                     tracing::debug!(%room, attempt = b.attempt, error = %e, "room's stream read failed; retrying it alone");
-                    let read = match &b.cursor {
-                        None => Read::Position,
-                        Some(c) => Read::After {
-                            from: c.clone(),
-                            until: u64::MAX,
-                        },
-                    };
+                    let read = Read::catch_up(b.cursor.clone());
                     let delay = RETRY_FIRST * 2u32.pow(b.attempt - 1);
                     self.start(&room, read, delay);
                     return Vec::new();
@@ -306,8 +294,7 @@ impl<S: Streams> Rooms<S> {
                 let cursor = match outcome {
                     Outcome::At(c) => c,
                     Outcome::Reset(c) => {
-                        let n = self.hub.kill_room(&room, KillReason::Resync);
-                        tracing::warn!(%room, connections = n, "room history was reset; asking its clients to resync");
+                        history_reset(&self.hub, &room);
                         c
                     }
                 };
@@ -317,11 +304,7 @@ impl<S: Streams> Rooms<S> {
                 }
                 if b.catch_up {
                     b.catch_up = false;
-                    let read = Read::After {
-                        from: cursor,
-                        until: u64::MAX,
-                    };
-                    self.start(&room, read, Duration::ZERO);
+                    self.start(&room, Read::catch_up(Some(cursor)), Duration::ZERO);
                     return Vec::new();
                 }
                 if self.answer(&room) {
@@ -370,8 +353,7 @@ impl<S: Streams> Rooms<S> {
         };
         while let Some(r) = b.held.pop_front() {
             if r.epoch != cursor.epoch {
-                let n = self.hub.kill_room(room, KillReason::Resync);
-                tracing::warn!(%room, connections = n, "room history was reset; asking its clients to resync");
+                history_reset(&self.hub, room);
                 cursor = Cursor {
                     epoch: r.epoch,
                     last: r.envelope.offset,
@@ -425,17 +407,24 @@ impl<S: Streams> Rooms<S> {
             self.reads.clone(),
             self.done.clone(),
         );
-        let stats = self.shared.clone();
+        let shared = self.shared.clone();
         let room = room.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let result = match reads.acquire().await {
-                Ok(_permit) => run(&*streams, &hub, &stats.stats, &room, read).await,
+                Ok(_permit) => run(&*streams, &hub, &shared.stats, &room, read).await,
                 Err(_) => Err(BackendError::Unavailable("session stopped".into())),
             };
             let _ = done.send(Done { room, task, result });
         });
     }
+}
+
+/// The room's history was lost (its epoch changed): offsets restarted, so
+/// local clients' positions mean nothing; they must reconnect.
+fn history_reset(hub: &Hub, room: &RoomId) {
+    let n = hub.kill_room(room, KillReason::Resync);
+    tracing::warn!(%room, connections = n, "room history was reset; asking its clients to resync");
 }
 
 mod read;

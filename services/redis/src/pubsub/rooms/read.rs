@@ -60,6 +60,20 @@ pub(super) enum Read {
     After { from: Cursor, until: u64 },
 }
 
+impl Read {
+    /// Everything the room's stream holds past `cursor`, or, with none yet,
+    /// where it stands.
+    pub(super) fn catch_up(cursor: Option<Cursor>) -> Self {
+        match cursor {
+            None => Self::Position,
+            Some(from) => Self::After {
+                from,
+                until: u64::MAX,
+            },
+        }
+    }
+}
+
 /// One read: the room's position, or its stored messages after a cursor
 /// up to `until`, delivered to the hub a page at a time.
 pub(super) async fn run<S: Streams>(

@@ -158,6 +158,14 @@ impl Setup {
         rx
     }
 
+    /// Subscribes `room` as its first joiner would, until it is answered.
+    async fn subscribed(&mut self, room: &RoomId) {
+        let answer = self.ask(room);
+        self.rooms.active(std::slice::from_ref(room));
+        self.next_done().await;
+        answer.await.unwrap().unwrap();
+    }
+
     /// Hands the next finished read to the rooms; the channels to leave.
     async fn next_done(&mut self) -> Vec<RoomId> {
         let done = self.done.recv().await.expect("a read finishes");
@@ -194,10 +202,7 @@ async fn a_gap_is_filled_from_the_stream_before_newer_messages() {
     let mut s = setup();
     let r = room("r");
     let out = member(&s.hub, &r, 1);
-    let answer = s.ask(&r);
-    s.rooms.active(std::slice::from_ref(&r));
-    s.next_done().await;
-    answer.await.unwrap().unwrap();
+    s.subscribed(&r).await;
 
     // Offsets 1..=4 were published while the subscription was down.
     s.fake.store(&r, "e1", 1..=5);
@@ -254,10 +259,7 @@ async fn a_reconnect_catches_up_every_room_before_its_new_publishes() {
     let r = room("r");
     let out = member(&s.hub, &r, 1);
     s.fake.store(&r, "e1", 1..=2);
-    let answer = s.ask(&r);
-    s.rooms.active(std::slice::from_ref(&r));
-    s.next_done().await;
-    answer.await.unwrap().unwrap();
+    s.subscribed(&r).await;
 
     let why = BackendError::Unavailable("gone".into());
     s.rooms.disconnected(&why);
@@ -275,10 +277,7 @@ async fn a_new_epoch_asks_the_rooms_clients_to_resync() {
     let mut s = setup();
     let r = room("r");
     let out = member(&s.hub, &r, 1);
-    let answer = s.ask(&r);
-    s.rooms.active(std::slice::from_ref(&r));
-    s.next_done().await;
-    answer.await.unwrap().unwrap();
+    s.subscribed(&r).await;
     s.rooms.publish(publish(&r, "e2", 1));
     assert_eq!(out.reason(), Some(KillReason::Resync));
 }

@@ -8,29 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${1:-}
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-cargo build --release -q -p roomcast-edge -p roomcast-loadgen
-edge=target/release/roomcast-edge
-loadgen=target/release/roomcast-loadgen
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 results=bench/results
 mkdir -p "$results"
 : > "$results/latest.jsonl"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ticks=$(getconf CLK_TCK)
 cpu_of() { awk -v t="$ticks" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 cpu_sum() { local s=0; for p in "$@"; do s=$(echo "$s + $(cpu_of "$p")" | bc -l); done; echo "$s"; }
-json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --appendonly yes --appendfsync everysec \
@@ -38,21 +24,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --appendonly yes
 redis_pid=$!
 pids+=("$redis_pid")
 until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
-
-# Starts an edge; its pid in $started. (Not `$(start_edge)`: a command
-# substitution waits for every process holding its stdout, the edge included.)
-start_edge() { # port node-id [VAR=value ...]
-  env "${@:3}" REDIS_URL="redis://127.0.0.1:$redis_port/0" NODE_ID="$2" PORT="$1" HOST=127.0.0.1 ENVIRONMENT=production \
-  ALLOW_UNAUTHENTICATED=true \
-  ROOMCAST__WEBSOCKET__RATE_PER_SEC=100000 ROOMCAST__WEBSOCKET__RATE_BURST=100000 \
-  ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC=100000 ROOMCAST__LIMITS__USER_FRAME_BURST=100000 \
-  ROOMCAST__LIMITS__REST_RATE_PER_SEC=100000 ROOMCAST__LIMITS__REST_BURST=100000 \
-  ROOMCAST__LIMITS__CONNECTIONS_PER_USER=1000000 ROOMCAST__LIMITS__CONNECTIONS_PER_ADDRESS=1000000 \
-  ROOMCAST__SERVER__MAX_CONNECTIONS=200000 RUST_LOG=warn "$edge" > "$tmp/$2.log" 2>&1 &
-  started=$!
-  pids+=("$started")
-}
-wait_ready() { until curl -sf "http://127.0.0.1:$1/ready" >/dev/null; do sleep 0.1; done; }
+redis_url="redis://127.0.0.1:$redis_port/0"
 
 p1=$(free_port); p2=$(free_port); p3=$(free_port)
 start_edge "$p1" bench-1; e1=$started

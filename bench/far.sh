@@ -9,26 +9,13 @@
 # KILL TYPE pubsub): the node reconnects, resubscribes every room and
 # catches each up from its stream. What the clients see of that (lost,
 # duplicated, out of order, latency max) is the measure. EDGE=path runs
-# another build of the edge (to compare two commits).
+# another build of the edge (to compare two commits; see bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${1:-}
 far_ms=${FAR_MS:-1}
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-cargo build --release -q -p roomcast-edge -p roomcast-loadgen
-edge=${EDGE:-target/release/roomcast-edge}
-loadgen=target/release/roomcast-loadgen
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 if [ "$quick" = "--quick" ]; then conns=500; rooms=200; k=10; rate=50; secs=6
 else conns=5000; rooms=1000; k=20; rate=100; secs=10; fi
@@ -44,15 +31,10 @@ pids+=("$!")
 until grep -q '^listening on' "$tmp/proxy.out" 2>/dev/null; do sleep 0.05; done
 proxy=$(sed -n 's/^listening on //p' "$tmp/proxy.out")
 
+redis_url="redis://$proxy/0"
 port=$(free_port)
-REDIS_URL="redis://$proxy/0" NODE_ID=bench-far PORT="$port" HOST=127.0.0.1 ENVIRONMENT=production \
-  ALLOW_UNAUTHENTICATED=true \
-  ROOMCAST__WEBSOCKET__RATE_PER_SEC=100000 ROOMCAST__WEBSOCKET__RATE_BURST=100000 \
-  ROOMCAST__LIMITS__USER_FRAME_RATE_PER_SEC=100000 ROOMCAST__LIMITS__USER_FRAME_BURST=100000 \
-  ROOMCAST__LIMITS__CONNECTIONS_PER_USER=1000000 ROOMCAST__LIMITS__CONNECTIONS_PER_ADDRESS=1000000 \
-  ROOMCAST__SERVER__MAX_CONNECTIONS=200000 RUST_LOG=warn "$edge" > "$tmp/edge.log" 2>&1 &
-pids+=("$!")
-until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.1; done
+start_edge "$port" bench-far
+wait_ready "$port"
 
 echo "== multiroom, Redis ${far_ms} ms away each way: $conns sockets x $k rooms (of $rooms), $rate msg/s," \
   "the node's pub/sub connection cut after $((secs / 2)) s"
@@ -65,7 +47,7 @@ sleep $((secs / 2))
 killed=$(redis-cli -p "$redis_port" CLIENT KILL TYPE pubsub)
 wait "$lg" || true
 cat "$tmp/far.txt"
-echo "-- the edge's log (warnings):"; tail -20 "$tmp/edge.log"
+echo "-- the edge's log (warnings):"; tail -20 "$tmp/bench-far.log"
 r=$(tail -1 "$tmp/far.txt")
 curl -s "http://127.0.0.1:$port/metrics" | grep '^roomcast_connections_closed_total' || true
 backfilled=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^roomcast_history_backfilled_total / {print $2}')

@@ -86,7 +86,7 @@ impl Backend {
         let events = recording
             .is_on()
             .then(|| Arc::new(MemoryEvents::new(recording)));
-        let presence = MemoryPresence::new(hub.clone(), events.clone());
+        let presence = MemoryPresence::new(hub.clone(), node_id, events.clone());
         let mut broker = MemoryBroker::new(history.clone(), hub, node_id);
         if let Some(q) = &events {
             broker = broker.with_events(q.clone());

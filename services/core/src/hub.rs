@@ -18,11 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use roomcast_protocol::{RoomId, Timestamp, UserId};
+use roomcast_protocol::{RoomId, ServerFrame, Timestamp, UserId};
 
 use crate::envelope::Envelope;
 use crate::outbox::{Outbox, PushError};
 use crate::shard::Sharded;
+
+/// How every `presence_diff` frame starts (serde writes the tag first).
+const DIFF_PREFIX: &[u8] = br#"{"type":"presence_diff""#;
 
 /// A connection's id, unique on this node.
 pub type ConnId = u64;
@@ -75,6 +78,20 @@ pub struct Member {
     pub conn: ConnId,
     pub user: UserId,
     pub outbox: Arc<Outbox>,
+    /// The presence-diff generation in which its `presence` snapshot came
+    /// back ([`Hub::settle`]); `u64::MAX` until then (see `diffs`).
+    settled_at: u64,
+}
+
+impl Member {
+    pub fn new(conn: ConnId, user: UserId, outbox: Arc<Outbox>) -> Self {
+        Self {
+            conn,
+            user,
+            outbox,
+            settled_at: u64::MAX,
+        }
+    }
 }
 
 /// What a node's owner wants to know about fan-out (the edge feeds its
@@ -104,6 +121,7 @@ impl HubObserver for NoObserver {
     fn dropped_slow(&self, _: usize) {}
 }
 
+mod diffs;
 mod users;
 
 use users::UserSocket;
@@ -120,6 +138,8 @@ pub struct Hub {
     watchers: Sharded<HashMap<UserId, Vec<UserSocket>>>,
     active_rooms: AtomicUsize,
     observer: Arc<dyn HubObserver>,
+    /// Summarised rooms' joins and leaves waiting for the next flush.
+    diffs: diffs::Diffs,
 }
 
 impl std::fmt::Debug for Hub {
@@ -144,12 +164,14 @@ impl Hub {
             watchers: Sharded::new(64),
             active_rooms: AtomicUsize::new(0),
             observer,
+            diffs: diffs::Diffs::default(),
         }
     }
 
     /// Adds a connection to a room. True when it is the room's first local
     /// member, i.e. the node must now subscribe to the room.
-    pub fn join(&self, room: &RoomId, member: Member) -> bool {
+    pub fn join(&self, room: &RoomId, mut member: Member) -> bool {
+        member.settled_at = u64::MAX;
         let mut shard = self.rooms.shard(room).write();
         let members = shard.entry(room.clone()).or_default();
         members.push(member);
@@ -177,6 +199,75 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// Marks member `conn` of `room` as holding the room's presence from
+    /// now on (its `presence` snapshot came back): from the flush after the
+    /// next, it gets net presence diffs.
+    pub fn settle(&self, room: &RoomId, conn: ConnId) {
+        let generation = self.diffs.generation();
+        let mut shard = self.rooms.shard(room).write();
+        if let Some(m) = shard
+            .get_mut(room)
+            .and_then(|ms| ms.iter_mut().find(|m| m.conn == conn))
+        {
+            m.settled_at = generation;
+        }
+    }
+
+    /// Sends every summarised room's pending joins and leaves to its local
+    /// members, one `presence_diff` frame per room (see `diffs`). Called by
+    /// the node every `presence.diff_interval_ms`. Returns how many frames
+    /// were queued.
+    pub fn flush_presence(&self) -> usize {
+        let (generation, rooms) = self.diffs.take();
+        let mut queued = 0;
+        for (room, pending) in rooms {
+            let net = pending
+                .net(&room)
+                .map(|f| Bytes::from(ServerFrame::PresenceDiff(f).to_json()));
+            let mut last = None;
+            let shard = self.rooms.shard(&room).read();
+            let Some(members) = shard.get(&room) else {
+                continue;
+            };
+            let mut slow = 0;
+            for m in members {
+                let frame = if m.settled_at >= generation {
+                    last.get_or_insert_with(|| {
+                        Bytes::from(ServerFrame::PresenceDiff(pending.last(&room)).to_json())
+                    })
+                } else if let Some(net) = &net {
+                    net
+                } else {
+                    continue;
+                };
+                let out = Outbound {
+                    frame: frame.clone(),
+                    offset: 0,
+                    published_at: Timestamp::now(),
+                    to: m.conn,
+                };
+                match m.outbox.push(out) {
+                    Ok(()) => queued += 1,
+                    Err(PushError::Full) => {
+                        slow += 1;
+                        m.outbox.kill(KillReason::SlowConsumer);
+                    }
+                    Err(PushError::Closed) => {}
+                }
+            }
+            drop(shard);
+            if slow > 0 {
+                self.observer.dropped_slow(slow);
+            }
+        }
+        queued
+    }
+
+    /// How many users' changes in `room` wait for the next flush.
+    pub fn pending_presence(&self, room: &RoomId) -> usize {
+        self.diffs.pending(room)
     }
 
     /// Whether any local connection is in `room`.
@@ -247,6 +338,14 @@ impl Hub {
     /// Queues `env` to every local member of its room (but the excluded
     /// user). Returns how many got it.
     pub fn deliver(&self, env: &Envelope) -> usize {
+        if env.offset == 0 && env.frame.starts_with(DIFF_PREFIX) {
+            // A summarised room's join or leave: coalesced, sent at the
+            // next flush. (A diff that does not parse is no announcement.)
+            if let Ok(ServerFrame::PresenceDiff(diff)) = serde_json::from_slice(&env.frame) {
+                self.diffs.absorb(diff);
+            }
+            return 0;
+        }
         let started = std::time::Instant::now();
         let shard = self.rooms.shard(&env.room).read();
         let Some(members) = shard.get(&env.room) else {
@@ -290,11 +389,7 @@ mod tests {
     fn member(conn: ConnId, user: &str, cap: usize) -> (Member, Arc<Outbox>) {
         let outbox = Arc::new(Outbox::new(cap));
         (
-            Member {
-                conn,
-                user: UserId::parse(user).unwrap(),
-                outbox: outbox.clone(),
-            },
+            Member::new(conn, UserId::parse(user).unwrap(), outbox.clone()),
             outbox,
         )
     }

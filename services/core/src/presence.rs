@@ -1,22 +1,32 @@
-//! Who is online in each room, cluster-wide.
+//! Who is online in each room, cluster-wide, and how a room's members hear
+//! of it.
 //!
 //! Presence counts connections, not users: a user with two tabs has two
-//! entries. [`Presence::add`] says whether the entry is the user's first in
-//! the room anywhere (announce `user_joined`), [`Presence::remove`] whether it
-//! was the last (announce `user_left`). The decision is the backend's, made
-//! atomically, so two nodes never both announce.
+//! entries. A join says whether the entry is the user's first in the room
+//! anywhere (announce it), a leave whether it was the last. The decision is
+//! the backend's, made atomically, so two nodes never both announce.
+//!
+//! How a change is announced depends on the room's size ([`Summary`]): in a
+//! room of at most `above` members every change is a `user_joined` /
+//! `user_left` frame to the others and a newcomer gets the whole list, as
+//! the first frontends expect. Above it, the newcomer gets a count and the
+//! first page, and each change is published as a one-user `presence_diff`
+//! that every node coalesces (`hub::diffs`) into one frame per room per
+//! interval: a join costs O(1) frames for the others, not O(room).
+//! The backend publishes the announcement in the same atomic step as the
+//! decision, so the announcements of one room reach every node in the order
+//! the changes were made (a leave and a quick rejoin never arrive swapped).
 
-use std::collections::{HashMap, HashSet};
+mod memory;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use roomcast_protocol::{PresenceUser, RoomId, UserId};
+use roomcast_protocol::{PresenceDiffFrame, PresenceUser, RoomId, ServerFrame, UserId};
 
 use crate::BackendError;
 use crate::broker::Broker;
-use crate::events::{Event, EventName, MemoryEvents};
-use crate::hub::Hub;
+
+pub use memory::MemoryPresence;
 
 /// The cluster-wide key of connection `conn` of `node`: `<node>/<conn>`
 /// (node ids cannot contain `/`).
@@ -24,11 +34,89 @@ pub fn conn_key(node: &str, conn: u64) -> String {
     format!("{node}/{conn}")
 }
 
+/// Where a room's presence stops being exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Rooms with more members than this are summarised.
+    pub above: u64,
+    /// How many members a newcomer of a summarised room is sent (the first
+    /// ones by user id).
+    pub page: usize,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            above: 200,
+            page: 100,
+        }
+    }
+}
+
+impl Summary {
+    /// Whether a room of `count` members is summarised.
+    pub fn summarised(&self, count: u64) -> bool {
+        count > self.above
+    }
+
+    /// Whether a change that left `count` members in the room is announced
+    /// as a diff: when the room was summarised before or after it.
+    pub fn as_diff(&self, joined: bool, count: u64) -> bool {
+        let before = if joined {
+            count.saturating_sub(1)
+        } else {
+            count + 1
+        };
+        self.summarised(count) || self.summarised(before)
+    }
+}
+
+/// What a newcomer learns when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its user's first connection in the room (announced to the others).
+    pub first: bool,
+    /// Everyone online, ordered by user id (this connection included); in a
+    /// summarised room only the first [`Summary::page`] of them.
+    pub users: Vec<PresenceUser>,
+    /// How many users are online in the room.
+    pub count: u64,
+}
+
+impl Joined {
+    /// Whether `users` is only a page of the room.
+    pub fn is_page(&self) -> bool {
+        self.users.len() as u64 != self.count
+    }
+}
+
+/// The one-user diff announcing `user`'s join (or leave) that left `count`
+/// members in `room`.
+pub fn diff_of(room: &RoomId, user: &PresenceUser, joined: bool, count: u64) -> PresenceDiffFrame {
+    let (joins, leaves) = if joined {
+        (vec![user.clone()], vec![])
+    } else {
+        (vec![], vec![user.clone()])
+    };
+    PresenceDiffFrame {
+        room_id: room.clone(),
+        joins,
+        leaves,
+        count,
+    }
+}
+
+/// The JSON text of a frame, as the bytes every recipient shares.
+pub fn frame_bytes(frame: ServerFrame) -> Bytes {
+    Bytes::from(frame.to_json())
+}
+
 /// Cluster-wide presence.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records connection `conn` (unique in the cluster, e.g. `node/17`) of
-    /// `user` in `room`. True when it is the user's first there.
+    /// `user` in `room`, announcing nothing. True when it is the user's
+    /// first there.
     async fn add(
         &self,
         room: &RoomId,
@@ -36,11 +124,22 @@ pub trait Presence: Send + Sync + 'static {
         conn: &str,
     ) -> Result<bool, BackendError>;
 
-    /// Forgets connection `conn`. True when it was the user's last there.
+    /// Forgets connection `conn`, announcing nothing. True when it was the
+    /// user's last there.
     async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError>;
 
     /// The users online in `room`, ordered by user id.
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError>;
+
+    /// Up to `limit` users online in `room` with ids after `after`, ordered
+    /// by user id, and how many are online in all. Costs O(limit), not
+    /// O(room).
+    async fn page(
+        &self,
+        room: &RoomId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<(Vec<PresenceUser>, u64), BackendError>;
 
     /// Users online across all rooms (a user in two rooms counts twice).
     async fn online_count(&self) -> Result<u64, BackendError>;
@@ -48,192 +147,56 @@ pub trait Presence: Send + Sync + 'static {
     /// Whether `user` is online in any room, on any node.
     async fn is_online(&self, user: &UserId) -> Result<bool, BackendError>;
 
-    /// [`add`](Self::add) then [`list`](Self::list), as one step where the
-    /// backend can: whether this is the user's first connection in the
-    /// room, and everyone online (this connection included).
+    /// [`add`](Self::add) and what the newcomer learns, in one step:
+    /// everyone online, or in a room `summary` summarises, the count and
+    /// the first page. Announces nothing.
     async fn join(
         &self,
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
-    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
-        let first = self.add(room, user, conn).await?;
-        Ok((first, self.list(room).await?))
-    }
+        summary: Summary,
+    ) -> Result<Joined, BackendError>;
 
     /// [`join`](Self::join), and when this is the user's first connection
-    /// in the room, `joined` (its `user_joined` frame) goes to everyone else
-    /// in the room, as [`Broker::publish_event`] excluding the user would.
-    /// A backend whose presence and broker share one store does both in one
-    /// step (Redis: one script, so a connect is one round trip shorter).
+    /// in the room, its announcement in the same step: `joined` (its
+    /// `user_joined` frame) to everyone else in the room, or in a room
+    /// `summary` summarises, a one-user `presence_diff` to everyone.
     async fn join_announced(
         &self,
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
+        summary: Summary,
         broker: &dyn Broker,
         joined: Bytes,
-    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
-        let (first, users) = self.join(room, user, conn).await?;
-        if first {
-            broker
-                .publish_event(room, joined, Some(user.user_id.clone()))
-                .await?;
-        }
-        Ok((first, users))
-    }
-}
+    ) -> Result<Joined, BackendError>;
 
-/// Presence of the embedded backend.
-///
-/// One mutex for all rooms: presence changes once per connect and
-/// disconnect, not per message, and no lock is held across an `.await`.
-/// Webhook events are queued under the same lock as the change they
-/// report, so they come out in the order the changes happened.
-#[derive(Debug, Default)]
-pub struct MemoryPresence {
-    state: Mutex<State>,
-    events: Option<std::sync::Arc<MemoryEvents>>,
-    /// Told when a user comes online or goes offline (status followers).
-    hub: Option<std::sync::Arc<Hub>>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    rooms: HashMap<RoomId, HashMap<UserId, Online>>,
-    /// Connections of each user in any room (for user online/offline).
-    users: HashMap<UserId, usize>,
-}
-
-#[derive(Debug)]
-struct Online {
-    username: String,
-    conns: HashSet<String>,
-}
-
-impl MemoryPresence {
-    /// Presence that tells `hub` when a user comes online or goes offline,
-    /// and queues its webhook events in `events`, if any.
-    pub fn new(hub: std::sync::Arc<Hub>, events: Option<std::sync::Arc<MemoryEvents>>) -> Self {
-        Self {
-            state: Mutex::default(),
-            events,
-            hub: Some(hub),
-        }
-    }
-
-    fn status(&self, user: &UserId, online: bool) {
-        if let Some(hub) = &self.hub {
-            hub.status_changed(user, online);
-        }
-    }
-
-    fn emit(&self, event: impl FnOnce() -> Event) {
-        if let Some(q) = &self.events {
-            q.push(event());
-        }
-    }
-}
-
-#[async_trait]
-impl Presence for MemoryPresence {
-    async fn add(
+    /// [`remove`](Self::remove), and when it was the user's last connection
+    /// in the room, its announcement in the same step: `left` (its
+    /// `user_left` frame) to everyone, or a one-user `presence_diff` where
+    /// `summary` says so. True when it was the last.
+    async fn leave_announced(
         &self,
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state.lock();
-        let State { rooms, users } = &mut *state;
-        let occupied = !rooms.contains_key(room);
-        let online = rooms
-            .entry(room.clone())
-            .or_default()
-            .entry(user.user_id.clone())
-            .or_insert_with(|| Online {
-                username: user.username.clone(),
-                conns: HashSet::new(),
-            });
-        // Re-adding a connection that is already there is no news.
-        if !online.conns.insert(conn.to_owned()) {
-            return Ok(false);
-        }
-        let first = online.conns.len() == 1;
-        let anywhere = users.entry(user.user_id.clone()).or_default();
-        *anywhere += 1;
-        let id = &user.user_id;
-        if *anywhere == 1 {
-            self.emit(|| Event::user(EventName::UserOnline, id));
-            self.status(id, true);
-        }
-        if occupied {
-            self.emit(|| Event::room(EventName::RoomOccupied, room));
-        }
-        if first {
-            self.emit(|| Event::member(EventName::MemberJoined, room, id, &user.username));
-        }
-        Ok(first)
-    }
+        summary: Summary,
+        broker: &dyn Broker,
+        left: Bytes,
+    ) -> Result<bool, BackendError>;
+}
 
-    async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
-        let mut state = self.state.lock();
-        let State { rooms, users } = &mut *state;
-        let Some(members) = rooms.get_mut(room) else {
-            return Ok(false);
-        };
-        let Some(online) = members.get_mut(user) else {
-            return Ok(false);
-        };
-        if !online.conns.remove(conn) {
-            return Ok(false);
-        }
-        let last = online.conns.is_empty();
-        if last {
-            let username = members.remove(user).map(|o| o.username).unwrap_or_default();
-            self.emit(|| Event::member(EventName::MemberLeft, room, user, &username));
-            if members.is_empty() {
-                rooms.remove(room);
-                self.emit(|| Event::room(EventName::RoomVacated, room));
-            }
-        }
-        if let Some(n) = users.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                users.remove(user);
-                self.emit(|| Event::user(EventName::UserOffline, user));
-                self.status(user, false);
-            }
-        }
-        Ok(last)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError> {
-        let state = self.state.lock();
-        let mut users: Vec<PresenceUser> = state
-            .rooms
-            .get(room)
-            .into_iter()
-            .flat_map(|u| u.iter())
-            .map(|(id, o)| PresenceUser {
-                user_id: id.clone(),
-                username: o.username.clone(),
-            })
-            .collect();
-        users.sort();
-        Ok(users)
-    }
-
-    async fn is_online(&self, user: &UserId) -> Result<bool, BackendError> {
-        Ok(self.state.lock().users.contains_key(user))
-    }
-
-    async fn online_count(&self) -> Result<u64, BackendError> {
-        Ok(self
-            .state
-            .lock()
-            .rooms
-            .values()
-            .map(|u| u.len() as u64)
-            .sum())
+    #[test]
+    fn a_change_is_a_diff_when_the_room_is_summarised_before_or_after_it() {
+        let s = Summary { above: 3, page: 2 };
+        assert!(!s.as_diff(true, 3), "the third joins a room of two");
+        assert!(s.as_diff(true, 4), "the fourth makes it summarised");
+        assert!(s.as_diff(false, 3), "the fourth leaves: it was summarised");
+        assert!(!s.as_diff(false, 2));
     }
 }

@@ -128,6 +128,7 @@ impl Deps {
             lease: true,
             sweeper: settings.presence.sweeper,
             events: settings.webhook_recording(),
+            summary: settings.presence_summary(),
         };
         let (backend, tasks) = roomcast_redis::start(&opts, hub.clone(), backend_shutdown)
             .map_err(|e| ConfigError {

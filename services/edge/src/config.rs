@@ -252,6 +252,14 @@ impl Settings {
         }
     }
 
+    /// Where rooms' presence becomes summarised.
+    pub fn presence_summary(&self) -> roomcast_core::presence::Summary {
+        roomcast_core::presence::Summary {
+            above: self.presence.summary_above,
+            page: self.presence.summary_page,
+        }
+    }
+
     /// Lease and sweep timing of the Redis backend.
     pub fn presence_timing(&self) -> roomcast_redis::Timing {
         let p = &self.presence;

@@ -18,7 +18,8 @@ use http::{HeaderMap, StatusCode, header};
 use roomcast_core::broker::MessageDraft;
 use roomcast_core::history::{HistoryQuery, Since};
 use roomcast_protocol::rest::{
-    CreateRoom, CreateUser, JoinResponse, PresenceResponse, PublishMessage, validate_name,
+    CreateRoom, CreateUser, JoinResponse, PresencePage, PresenceResponse, PublishMessage,
+    validate_name,
 };
 use roomcast_protocol::{MessageFrame, RoomId, UserId};
 use serde::Deserialize;
@@ -247,15 +248,58 @@ async fn history(
     Ok(resp)
 }
 
+#[derive(Deserialize)]
+struct PresenceParams {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// Everyone online (the contract's shape), or with `limit` / `after`, one
+/// page by user id with the count and the next page's `after`.
 async fn presence(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    params: Result<Query<PresenceParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::Unprocessable(e.body_text()))?;
     let room = existing_room(&app, &id).await?;
-    let users = app.backend.presence.list(&room).await?;
-    Ok(Json(PresenceResponse {
+    if p.limit.is_none() && p.after.is_none() {
+        let users = app.backend.presence.list(&room).await?;
+        return Ok(Json(PresenceResponse {
+            room_id: room,
+            users,
+        })
+        .into_response());
+    }
+    let limit = match p.limit.as_deref() {
+        None | Some("") => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::Unprocessable("limit: expected an integer from 1 to 1000".into())
+            })?,
+    };
+    let after = match p.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => {
+            Some(UserId::parse(a).map_err(|e| ApiError::Unprocessable(format!("after: {e}")))?)
+        }
+    };
+    let (users, count) = app
+        .backend
+        .presence
+        .page(&room, after.as_ref(), limit)
+        .await?;
+    let next_after = (users.len() == limit)
+        .then(|| users.last().map(|u| u.user_id.clone()))
+        .flatten();
+    Ok(Json(PresencePage {
         room_id: room,
         users,
+        count,
+        next_after,
     })
     .into_response())
 }

@@ -45,15 +45,17 @@ pub async fn run(
         "roomcast edge listening"
     );
     // Webhooks keep flowing through the drain (its connections' events are
-    // events too) and get one last pass after it.
-    let webhooks_stop = CancellationToken::new();
+    // events too) and get one last pass after it; so do big rooms'
+    // coalesced presence diffs.
+    let after_drain = CancellationToken::new();
+    let diffs = tokio::spawn(flush_presence_diffs(app.clone(), after_drain.clone()));
     let webhooks = crate::webhooks::Dispatcher::new(
         &app.settings,
         app.backend.events.clone(),
         &app.node_id,
         app.metrics.clone(),
     )
-    .map(|d| tokio::spawn(d.run(webhooks_stop.clone())));
+    .map(|d| tokio::spawn(d.run(after_drain.clone())));
     let router = rest::router(app.clone());
     if let Some(port) = app.settings.server.metrics_port {
         let addr = format!("{}:{port}", app.settings.server.host);
@@ -139,9 +141,27 @@ pub async fn run(
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("grace period over; exiting with connections still open"),
     }
-    webhooks_stop.cancel();
+    after_drain.cancel();
     if let Some(task) = webhooks {
         let _ = task.await;
     }
+    let _ = diffs.await;
     Ok(())
+}
+
+/// Sends summarised rooms' coalesced joins and leaves every
+/// `presence.diff_interval_ms` (see `roomcast_core::hub::Hub::flush_presence`),
+/// and once more when `stop` is cancelled.
+async fn flush_presence_diffs(app: std::sync::Arc<App>, stop: CancellationToken) {
+    let every = Duration::from_millis(app.settings.presence.diff_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        app.hub.flush_presence();
+    }
+    app.hub.flush_presence();
 }

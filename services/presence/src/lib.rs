@@ -40,6 +40,8 @@ pub struct Options {
     pub timing: Timing,
     /// The webhook events the sweep records (those the edges record).
     pub events: roomcast_core::events::Recording,
+    /// How the sweep announces leaves in big rooms (as the edges do).
+    pub summary: roomcast_core::presence::Summary,
 }
 
 impl Options {
@@ -74,6 +76,7 @@ impl Options {
             key_prefix: settings.redis.key_prefix.clone(),
             timing: settings.presence_timing(),
             events: settings.webhook_recording(),
+            summary: settings.presence_summary(),
         })
     }
 }
@@ -96,7 +99,8 @@ pub async fn run(
             name: "REDIS_URL (redis.url)".into(),
             problem: e.to_string(),
         })?
-        .with_recording(opts.events);
+        .with_recording(opts.events)
+        .with_summary(opts.summary);
     let stats = Arc::new(BackendStats::default());
     let registry = Registry::new();
     registry

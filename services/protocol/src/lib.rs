@@ -23,8 +23,8 @@ pub use client::{ClientFrame, FrameError, MAX_CLIENT_ID_LEN, client_id_of};
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{IdError, MAX_ID_LEN, RoomId, UserId};
 pub use server::{
-    AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceFrame, PresenceUser,
-    RefreshedFrame, RoomRef, ServerFrame, StatusFrame, SubscribedFrame, TypingFrame,
+    AckFrame, ConnectedFrame, ErrorFrame, MessageFrame, PresenceDiffFrame, PresenceFrame,
+    PresenceUser, RefreshedFrame, RoomRef, ServerFrame, StatusFrame, SubscribedFrame, TypingFrame,
     UserEventFrame, UserMessageFrame,
 };
 pub use timestamp::{Timestamp, TimestampError};

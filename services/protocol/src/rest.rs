@@ -68,6 +68,17 @@ pub struct PresenceResponse {
     pub users: Vec<PresenceUser>,
 }
 
+/// One page of a room's presence (`GET /rooms/{id}/presence?limit=&after=`),
+/// by user id: `next_after` is the `after` of the next page, `null` on the
+/// last one; `count` is how many are online in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePage {
+    pub room_id: RoomId,
+    pub users: Vec<PresenceUser>,
+    pub count: u64,
+    pub next_after: Option<UserId>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub detail: String,

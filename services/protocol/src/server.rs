@@ -26,6 +26,7 @@ pub enum ServerFrame {
     Refreshed(RefreshedFrame),
     UserMessage(UserMessageFrame),
     Status(StatusFrame),
+    PresenceDiff(PresenceDiffFrame),
 }
 
 impl ServerFrame {
@@ -101,11 +102,49 @@ pub struct PresenceUser {
     pub username: String,
 }
 
-/// Everyone online in the room; sent right after `connected`.
+/// Everyone online in the room; sent right after `connected`. In a room
+/// whose presence is summarised (more members than `presence.summary_above`)
+/// `users` is only the first page (by user id) and `count` says how many
+/// there are; the rest is paged over REST. Small rooms carry no `count`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceFrame {
     pub room_id: RoomId,
     pub users: Vec<PresenceUser>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// Who came and went in a summarised room since the last diff (one frame
+/// per room per `presence.diff_interval_ms` on each node, instead of a
+/// `user_joined` / `user_left` per user). Apply as set operations: a join
+/// adds (or renames) the user, a leave removes it. `count` is the room's
+/// member count when the last of these changes was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceDiffFrame {
+    pub room_id: RoomId,
+    pub joins: Vec<PresenceUser>,
+    pub leaves: Vec<PresenceUser>,
+    pub count: u64,
+}
+
+impl PresenceDiffFrame {
+    /// The frame's JSON text split around its `count` (the last field), as
+    /// `(before, after)`: a backend that learns the count only where it
+    /// publishes (a Redis script) joins `before .. count .. after`.
+    pub fn split_at_count(&self) -> (String, String) {
+        let json = ServerFrame::PresenceDiff(Self {
+            count: u64::MAX,
+            ..self.clone()
+        })
+        .to_json();
+        let at = json
+            .rfind(&u64::MAX.to_string())
+            .expect("the count is in the frame");
+        let after = json[at + u64::MAX.to_string().len()..].to_owned();
+        let mut before = json;
+        before.truncate(at);
+        (before, after)
+    }
 }
 
 /// A stored chat message, as every member and the history API see it.

@@ -88,11 +88,51 @@ fn connected_and_presence() {
             user_id: user(),
             username: "alice".into(),
         }],
+        count: None,
     });
     assert_eq!(
         json_of(&p),
         json!({"type":"presence","room_id":room().as_str(),"users":[{"user_id":"u-1","username":"alice"}]})
     );
+}
+
+#[test]
+fn summarised_presence_and_its_diff() {
+    let alice = PresenceUser {
+        user_id: user(),
+        username: "alice".into(),
+    };
+    let p = ServerFrame::Presence(PresenceFrame {
+        room_id: room(),
+        users: vec![alice.clone()],
+        count: Some(5000),
+    });
+    assert_eq!(
+        json_of(&p),
+        json!({"type":"presence","room_id":room().as_str(),
+               "users":[{"user_id":"u-1","username":"alice"}],"count":5000})
+    );
+    let diff = PresenceDiffFrame {
+        room_id: room(),
+        joins: vec![alice.clone()],
+        leaves: vec![PresenceUser {
+            user_id: UserId::parse("u-2").unwrap(),
+            username: "bob \"18446744073709551615\"".into(),
+        }],
+        count: 4999,
+    };
+    let json = ServerFrame::PresenceDiff(diff.clone()).to_json();
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap(),
+        json!({"type":"presence_diff","room_id":room().as_str(),
+               "joins":[{"user_id":"u-1","username":"alice"}],
+               "leaves":[{"user_id":"u-2","username":"bob \"18446744073709551615\""}],
+               "count":4999})
+    );
+    // The pieces a script joins around the count give the same frame, even
+    // when a username holds the placeholder.
+    let (before, after) = diff.split_at_count();
+    assert_eq!(format!("{before}4999{after}"), json);
 }
 
 #[test]

@@ -70,6 +70,9 @@ pub struct Redis {
     pub client: redis::Client,
     /// Which webhook events this process's scripts record.
     pub recording: Recording,
+    /// How the sweeper and reconciliation announce leaves in big rooms
+    /// (connections pass their own to each presence call).
+    pub summary: roomcast_core::presence::Summary,
 }
 
 struct Lanes {
@@ -182,6 +185,7 @@ impl Redis {
             keys: Keys::new(prefix),
             client,
             recording: Recording::OFF,
+            summary: Default::default(),
         })
     }
 
@@ -191,6 +195,10 @@ impl Redis {
             recording: r,
             ..self
         }
+    }
+
+    pub fn with_summary(self, summary: roomcast_core::presence::Summary) -> Redis {
+        Redis { summary, ..self }
     }
 
     /// The events-stream maxlen a script takes: `0` when the events of

@@ -103,17 +103,28 @@ impl Keys {
     pub fn presence(&self, room: &RoomId) -> String {
         self.k(&["pres", room.as_str()])
     }
+    /// ZSET (all scores 0, so ordered by user id) of everyone online in the
+    /// room: the pages of a big room's presence, read in O(page).
+    pub fn presence_order(&self, room: &RoomId) -> String {
+        self.k(&["presz", room.as_str()])
+    }
     /// SET of connection keys of one user in one room.
     pub fn presence_conns(&self, room: &RoomId, user: &UserId) -> String {
         self.k(&["pconn", room.as_str(), user.as_str()])
     }
     /// The literal pieces the sweep script joins into presence keys:
-    /// `(pres_prefix, pconn_prefix, separator)`, so that
-    /// `pres_prefix .. room` is [`presence`](Self::presence) and
+    /// `(pres_prefix, presz_prefix, pconn_prefix, separator)`, so that
+    /// `pres_prefix .. room` is [`presence`](Self::presence),
+    /// `presz_prefix .. room` is [`presence_order`](Self::presence_order) and
     /// `pconn_prefix .. room .. separator .. user` is
     /// [`presence_conns`](Self::presence_conns).
-    pub fn presence_parts(&self) -> (String, String, &'static str) {
-        (self.k(&["pres", ""]), self.k(&["pconn", ""]), ":")
+    pub fn presence_parts(&self) -> (String, String, String, &'static str) {
+        (
+            self.k(&["pres", ""]),
+            self.k(&["presz", ""]),
+            self.k(&["pconn", ""]),
+            ":",
+        )
     }
     /// SET of rooms that have anyone online (for the online-users count).
     pub fn presence_rooms(&self) -> String {
@@ -168,8 +179,9 @@ mod tests {
     fn the_sweep_scripts_key_pieces_make_the_same_keys() {
         let k = Keys::new("p");
         let (room, user) = (RoomId::parse("r-1").unwrap(), UserId::parse("u.1").unwrap());
-        let (pres, pconn, sep) = k.presence_parts();
+        let (pres, presz, pconn, sep) = k.presence_parts();
         assert_eq!(format!("{pres}{room}"), k.presence(&room));
+        assert_eq!(format!("{presz}{room}"), k.presence_order(&room));
         assert_eq!(
             format!("{pconn}{room}{sep}{user}"),
             k.presence_conns(&room, &user)

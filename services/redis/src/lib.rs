@@ -50,6 +50,8 @@ pub struct RedisOptions {
     pub sweeper: bool,
     /// The webhook events this process's scripts record.
     pub events: roomcast_core::events::Recording,
+    /// How the sweeper announces leaves in big rooms.
+    pub summary: roomcast_core::presence::Summary,
 }
 
 /// The background tasks of a Redis backend.
@@ -74,8 +76,9 @@ pub fn start(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> Result<(Backend, RedisTasks), BackendError> {
-    let redis =
-        Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?.with_recording(opts.events);
+    let redis = Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?
+        .with_recording(opts.events)
+        .with_summary(opts.summary);
     let stats = Arc::new(BackendStats::default());
     let shared = Arc::new(broker::Shared {
         stats: stats.clone(),

@@ -4,8 +4,8 @@
 //! every `interval`. The sweeper (in `roomcast-presence`, or in-process on
 //! an edge) runs on one leader at a time (a lock with expiry) and, for each
 //! known node whose lease is gone, atomically removes its connections from
-//! presence and publishes `user_left` for every user who has no connection
-//! left anywhere. With the default 1 s heartbeat, 3 s TTL and 0.5 s sweep,
+//! presence and publishes `user_left` (in a big room, a one-user
+//! `presence_diff`) for every user who has no connection left anywhere. With the default 1 s heartbeat, 3 s TTL and 0.5 s sweep,
 //! a killed node's users are announced left within about 3.5 s, while a
 //! live node can miss two heartbeats before anyone thinks it dead.
 //!
@@ -25,14 +25,14 @@ use bytes::Bytes;
 use roomcast_core::envelope::Envelope;
 use roomcast_core::hub::{ConnId, Hub, KillReason};
 use roomcast_core::{BackendError, BackendStats};
-use roomcast_protocol::{RoomId, ServerFrame, Timestamp, UserEventFrame, UserId};
+use roomcast_protocol::{PresenceUser, RoomId, ServerFrame, Timestamp, UserEventFrame, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Redis, unavailable};
 use crate::envelope;
 use crate::presence::{RedisPresence, Registered, node_entry};
 use crate::scripts::{LEASE, LOCK, SWEEP_NODE};
-use roomcast_core::presence::{Presence, conn_key};
+use roomcast_core::presence::{conn_key, diff_of};
 
 /// Lease and sweep timing.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ impl Default for Timing {
 /// how many were announced.
 pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, BackendError> {
     let k = &redis.keys;
-    let (pres, pconn, sep) = k.presence_parts();
+    let (pres, presz, pconn, sep) = k.presence_parts();
     let left: Vec<String> = redis
         .timed(async {
             let mut c = redis.conn().await?;
@@ -75,17 +75,26 @@ pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, B
                 .arg(k.user_conns_prefix())
                 .arg(redis.events_maxlen(false))
                 .arg(k.control_channel())
+                .arg(&presz)
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)
         })
         .await?;
     let mut announced = 0;
-    for triple in left.chunks_exact(3) {
-        let (Ok(room), Ok(user)) = (RoomId::parse(&triple[0]), UserId::parse(&triple[1])) else {
+    for gone in left.chunks_exact(4) {
+        let (Ok(room), Ok(user_id), Ok(count)) = (
+            RoomId::parse(&gone[0]),
+            UserId::parse(&gone[1]),
+            gone[3].parse::<u64>(),
+        ) else {
             continue;
         };
-        announce_left(redis, &room, user, triple[2].clone()).await?;
+        let user = PresenceUser {
+            user_id,
+            username: gone[2].clone(),
+        };
+        announce_left(redis, &room, user, count).await?;
         announced += 1;
     }
     if announced > 0 {
@@ -94,20 +103,21 @@ pub async fn sweep_node(redis: &Redis, node: &str, force: bool) -> Result<u64, B
     Ok(announced)
 }
 
-/// Publishes `user_left` for a user whose last connection in `room` went
-/// without its node saying so.
+/// Publishes `user_left` (or in a big room, the one-user diff) for a user
+/// whose last connection in `room` went without its node saying so,
+/// leaving `count` members. (Published after the sweep script: a sweep is
+/// of a dead node's users, who rejoin, if at all, through another node.)
 async fn announce_left(
     redis: &Redis,
     room: &RoomId,
-    user: UserId,
-    username: String,
+    user: PresenceUser,
+    count: u64,
 ) -> Result<(), BackendError> {
-    let frame = ServerFrame::UserLeft(UserEventFrame {
-        room_id: room.clone(),
-        user_id: user,
-        username,
-        timestamp: Timestamp::now(),
-    });
+    let frame = if redis.summary.as_diff(false, count) {
+        ServerFrame::PresenceDiff(diff_of(room, &user, false, count))
+    } else {
+        user_left(room, user)
+    };
     let payload = envelope::encode_event(&Envelope::event(
         room.clone(),
         Bytes::from(frame.to_json()),
@@ -115,6 +125,16 @@ async fn announce_left(
         "sweeper".into(),
     ));
     redis.publish(redis.keys.channel(room), payload).await
+}
+
+/// The `user_left` frame of `user` in `room`, now.
+pub fn user_left(room: &RoomId, user: PresenceUser) -> ServerFrame {
+    ServerFrame::UserLeft(UserEventFrame {
+        room_id: room.clone(),
+        user_id: user.user_id,
+        username: user.username,
+        timestamp: Timestamp::now(),
+    })
 }
 
 /// Removes this node's presence entries that no local connection backs any
@@ -142,15 +162,25 @@ pub async fn reconcile(redis: &Redis, node: &str, hub: &Hub) -> Result<u64, Back
         let (Ok(room), Ok(user)) = (RoomId::parse(room), UserId::parse(user)) else {
             continue;
         };
-        let username = presence
-            .list(&room)
-            .await?
-            .into_iter()
-            .find(|u| u.user_id == user)
-            .map_or_else(|| user.to_string(), |u| u.username);
-        if presence.remove(&room, &user, conn).await? {
-            announce_left(redis, &room, user, username).await?;
-        }
+        let username: Option<String> = redis
+            .timed(async {
+                let mut c = redis.conn().await?;
+                redis::cmd("HGET")
+                    .arg(redis.keys.presence(&room))
+                    .arg(user.as_str())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        let user = PresenceUser {
+            username: username.unwrap_or_else(|| user.to_string()),
+            user_id: user,
+        };
+        let left = Bytes::from(user_left(&room, user.clone()).to_json());
+        presence
+            .leave_script(&room, &user, conn, redis.summary, left)
+            .await?;
         removed += 1;
     }
     if removed > 0 {

@@ -1,7 +1,8 @@
 //! Cluster-wide presence in Redis.
 //!
-//! Per room: a hash `user → username` of who is online, and per user a set
-//! of connection keys (`node/conn`). Per node: a set of the `room user conn`
+//! Per room: a hash `user → username` of who is online, the same users in
+//! a sorted set (pages by user id in O(page)), and per user a set of
+//! connection keys (`node/conn`). Per node: a set of the `room user conn`
 //! entries it holds, so that when the node dies the sweeper knows exactly
 //! what to remove. Add and remove are Lua scripts: the "first connection"
 //! and "last connection" decisions are atomic, so `user_joined` and
@@ -22,14 +23,14 @@ use redis::{Script, ScriptInvocation};
 use roomcast_core::broker::Broker;
 use roomcast_core::envelope::Envelope;
 use roomcast_core::hub::ConnId;
-use roomcast_core::presence::Presence;
+use roomcast_core::presence::{Joined, Presence, Summary, diff_of};
 use roomcast_core::shard::Sharded;
 use roomcast_core::{BackendError, BackendStats};
 use roomcast_protocol::{PresenceUser, RoomId, UserId};
 
 use crate::client::{Redis, unavailable};
 use crate::envelope;
-use crate::scripts::{PRESENCE_ADD, PRESENCE_JOIN, PRESENCE_REMOVE};
+use crate::scripts::{PRESENCE_ADD, PRESENCE_JOIN, PRESENCE_PAGE, PRESENCE_REMOVE};
 
 #[derive(Debug, Clone)]
 pub struct RedisPresence {
@@ -149,6 +150,7 @@ impl RedisPresence {
             .key(k.presence_rooms())
             .key(k.user_conns(user))
             .key(k.events())
+            .key(k.presence_order(room))
             .arg(conn)
             .arg(user.as_str())
             .arg(username)
@@ -159,31 +161,117 @@ impl RedisPresence {
         invocation
     }
 
-    /// Adds the connection and lists the room; with `announce`, publishes
-    /// it to the room's channel when this is the user's first connection.
+    /// Adds the connection and tells what the newcomer learns; with
+    /// `announce`, publishes the change when this is the user's first
+    /// connection.
     async fn join_script(
         &self,
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
-        announce: Option<Vec<u8>>,
-    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
+        summary: Summary,
+        announce: Option<Announce>,
+    ) -> Result<Joined, BackendError> {
         let mut invocation =
             self.invocation(&PRESENCE_JOIN, room, &user.user_id, &user.username, conn);
-        if let Some(payload) = announce {
-            invocation.arg(self.redis.keys.channel(room)).arg(payload);
+        invocation.arg(summary.above).arg(summary.page);
+        if let Some(a) = announce {
+            a.args(&mut invocation);
         }
         let joined = self
             .redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
-                let (first, all): (i64, Vec<(String, String)>) =
+                let (first, count, users): (i64, u64, Vec<(String, String)>) =
                     invocation.invoke_async(&mut c).await.map_err(unavailable)?;
-                Ok((first == 1, users_of(all)))
+                Ok(Joined {
+                    first: first == 1,
+                    users: users_of(users),
+                    count,
+                })
             })
             .await?;
         self.registered.set(room, conn, true);
         Ok(joined)
+    }
+
+    /// Removes the connection, publishing `left` (or the diff) when it was
+    /// the user's last in the room: what a closing connection does, and
+    /// what reconciliation does for one that closed during an outage.
+    pub async fn leave_script(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        summary: Summary,
+        left: Bytes,
+    ) -> Result<bool, BackendError> {
+        let mut invocation = self.invocation(&PRESENCE_REMOVE, room, &user.user_id, "", conn);
+        let channel = self.redis.keys.channel(room);
+        Announce::new(channel, room, user, false, left, None, node_of(conn)).args(&mut invocation);
+        invocation.arg(summary.above);
+        self.registered.set(room, conn, false);
+        let removed = self
+            .redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let last: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+                Ok(last == 1)
+            })
+            .await;
+        self.flag_failed_removal(&removed);
+        removed
+    }
+
+    /// A removal that failed leaves an entry no connection backs: flags
+    /// the node to reconcile.
+    fn flag_failed_removal(&self, removed: &Result<bool, BackendError>) {
+        if removed.is_err()
+            && let Some(stats) = &self.stats
+        {
+            stats.presence_dirty.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A presence change's announcement as a script publishes it: the room's
+/// channel, the exact frame's envelope, and the one-user diff's envelope
+/// in two pieces around the count only the script knows.
+struct Announce {
+    channel: String,
+    exact: Vec<u8>,
+    diff_head: Vec<u8>,
+    diff_tail: String,
+}
+
+impl Announce {
+    fn new(
+        channel: String,
+        room: &RoomId,
+        user: &PresenceUser,
+        joined: bool,
+        exact: Bytes,
+        exclude: Option<UserId>,
+        node: &str,
+    ) -> Self {
+        let (before, after) = diff_of(room, user, joined, 0).split_at_count();
+        let envelope = |frame: Bytes, exclude| {
+            envelope::encode_event(&Envelope::event(room.clone(), frame, exclude, node.into()))
+        };
+        Self {
+            channel,
+            exact: envelope(exact, exclude),
+            diff_head: envelope(Bytes::from(before), None),
+            diff_tail: after,
+        }
+    }
+
+    fn args(self, invocation: &mut ScriptInvocation<'static>) {
+        invocation
+            .arg(self.channel)
+            .arg(self.exact)
+            .arg(self.diff_head)
+            .arg(self.diff_tail);
     }
 }
 
@@ -233,12 +321,32 @@ impl Presence for RedisPresence {
 
     async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
         let removed = self.change(false, room, user, "", conn).await;
-        if removed.is_err()
-            && let Some(stats) = &self.stats
-        {
-            stats.presence_dirty.store(true, Ordering::Release);
-        }
+        self.flag_failed_removal(&removed);
         removed
+    }
+
+    async fn page(
+        &self,
+        room: &RoomId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<(Vec<PresenceUser>, u64), BackendError> {
+        let k = &self.redis.keys;
+        let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        self.redis
+            .timed(async {
+                let mut c = self.redis.conn().await?;
+                let (count, users): (u64, Vec<(String, String)>) = PRESENCE_PAGE
+                    .key(k.presence(room))
+                    .key(k.presence_order(room))
+                    .arg(start)
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok((users_of(users), count))
+            })
+            .await
     }
 
     async fn join(
@@ -246,8 +354,9 @@ impl Presence for RedisPresence {
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
-    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
-        self.join_script(room, user, conn, None).await
+        summary: Summary,
+    ) -> Result<Joined, BackendError> {
+        self.join_script(room, user, conn, summary, None).await
     }
 
     async fn join_announced(
@@ -255,17 +364,28 @@ impl Presence for RedisPresence {
         room: &RoomId,
         user: &PresenceUser,
         conn: &str,
+        summary: Summary,
         _broker: &dyn Broker,
         joined: Bytes,
-    ) -> Result<(bool, Vec<PresenceUser>), BackendError> {
-        // The envelope the broker would publish, from the node in `conn`.
-        let payload = envelope::encode_event(&Envelope::event(
-            room.clone(),
-            joined,
-            Some(user.user_id.clone()),
-            node_of(conn).into(),
-        ));
-        self.join_script(room, user, conn, Some(payload)).await
+    ) -> Result<Joined, BackendError> {
+        // The envelopes the broker would publish, from the node in `conn`.
+        let channel = self.redis.keys.channel(room);
+        let exclude = Some(user.user_id.clone());
+        let announce = Announce::new(channel, room, user, true, joined, exclude, node_of(conn));
+        self.join_script(room, user, conn, summary, Some(announce))
+            .await
+    }
+
+    async fn leave_announced(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        summary: Summary,
+        _broker: &dyn Broker,
+        left: Bytes,
+    ) -> Result<bool, BackendError> {
+        self.leave_script(room, user, conn, summary, left).await
     }
 
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceUser>, BackendError> {

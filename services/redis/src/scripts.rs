@@ -177,16 +177,21 @@ return redis.call('HMGET', KEYS[1], 'name', 'created_at')
 
 /// The presence change steps shared by add, join, remove and the sweep.
 /// `add` and `drop` take the keys of one connection: its user's
-/// connections in the room (pconn), the room's presence hash (pres), the
-/// set of rooms with anyone online (presrooms), the user's connections in
-/// any room (uconn), and the events stream with its maxlen. They return 1
-/// when the connection was the user's first (last) in the room, recording
-/// the room, member and user events the change makes. A user's first
-/// (last) connection anywhere is also published on the control channel
-/// `ctl` as `s 1 <user>` (`s 0 <user>`), for the sockets following it.
+/// connections in the room (pconn), the room's presence hash (pres) and
+/// ordered set (presz), the set of rooms with anyone online (presrooms),
+/// the user's connections in any room (uconn), and the events stream with
+/// its maxlen. They return 1 when the connection was the user's first
+/// (last) in the room, recording the room, member and user events the
+/// change makes. A user's first (last) connection anywhere is also
+/// published on the control channel `ctl` as `s 1 <user>` (`s 0 <user>`),
+/// for the sockets following it. `announce` publishes a change on the
+/// room's channel: the exact frame's envelope, or in a room summarised
+/// before or after the change (more than `above` members; the rule of
+/// `Summary::as_diff`), the one-user diff's envelope joined around the
+/// room's count. Nothing here walks a room's members.
 const PRESENCE_LUA: &str = r"
 local ctl = nil
-local function add(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, username, room)
+local function add(pconn, pres, presz, presrooms, uconn, stream, maxlen, conn, user, username, room)
   if redis.call('SADD', pconn, conn) == 0 then return 0 end
   if redis.call('SADD', uconn, conn) == 1 and redis.call('SCARD', uconn) == 1 then
     event(stream, maxlen, 'n', 'user_online', 'u', user)
@@ -197,16 +202,18 @@ local function add(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, us
     event(stream, maxlen, 'n', 'room_occupied', 'r', room)
   end
   redis.call('HSET', pres, user, username)
+  redis.call('ZADD', presz, 0, user)
   redis.call('SADD', presrooms, room)
   event(stream, maxlen, 'n', 'member_joined', 'r', room, 'u', user, 'un', username)
   return 1
 end
-local function drop(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, room)
+local function drop(pconn, pres, presz, presrooms, uconn, stream, maxlen, conn, user, room)
   if redis.call('SREM', pconn, conn) == 0 then return 0, nil end
   local last, name = 0, nil
   if redis.call('SCARD', pconn) == 0 then
     name = redis.call('HGET', pres, user) or user
     redis.call('HDEL', pres, user)
+    redis.call('ZREM', presz, user)
     event(stream, maxlen, 'n', 'member_left', 'r', room, 'u', user, 'un', name)
     if redis.call('HLEN', pres) == 0 then
       redis.call('SREM', presrooms, room)
@@ -220,6 +227,15 @@ local function drop(pconn, pres, presrooms, uconn, stream, maxlen, conn, user, r
   end
   return last, name
 end
+local function announce(channel, joined, count, above, exact, diff_head, diff_tail)
+  local before = count + 1
+  if joined then before = count - 1 end
+  if count > above or before > above then
+    redis.call('PUBLISH', channel, diff_head .. count .. diff_tail)
+  else
+    redis.call('PUBLISH', channel, exact)
+  end
+end
 ";
 
 /// A presence script: the shared steps, then `body`.
@@ -228,27 +244,33 @@ fn presence_script(body: &str) -> Script {
 }
 
 /// Adds a connection to presence. KEYS: pconn, pres, nodeconns, presrooms,
-/// uconn, events stream. ARGV: conn, user, username, nodeconns entry, room,
-/// events maxlen (`0`: no events), control channel. Returns 1 when it is
-/// the user's first connection in the room.
+/// uconn, events stream, presz. ARGV: conn, user, username, nodeconns
+/// entry, room, events maxlen (`0`: no events), control channel. Returns 1
+/// when it is the user's first connection in the room.
 pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
 ctl = ARGV[7]
 redis.call('SADD', KEYS[3], ARGV[4])
-return add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
+return add(KEYS[1], KEYS[2], KEYS[7], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
 ",
     )
 });
 
 /// Removes a connection. KEYS and ARGV as for add (the username is not
-/// used). Returns 1 when it was the user's last connection in the room.
+/// used), plus optionally the announcement: ARGV[8] channel, ARGV[9] the
+/// exact `user_left` envelope, ARGV[10] and ARGV[11] the diff envelope's
+/// pieces around the count, ARGV[12] the summary threshold. Published when
+/// this was the user's last connection. Returns 1 when it was.
 pub static PRESENCE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
 ctl = ARGV[7]
 redis.call('SREM', KEYS[3], ARGV[4])
-local last = drop(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[5])
+local last = drop(KEYS[1], KEYS[2], KEYS[7], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[5])
+if last == 1 and ARGV[8] then
+  announce(ARGV[8], false, redis.call('HLEN', KEYS[2]), tonumber(ARGV[12]), ARGV[9], ARGV[10], ARGV[11])
+end
 return last
 ",
     )
@@ -258,9 +280,9 @@ return last
 /// lease, nodes, presrooms, events stream. ARGV: node, force (1: sweep
 /// even with a lease, for a node sweeping its own previous life), the
 /// presence key pieces of `Keys::presence_parts`: pres prefix, pconn
-/// prefix, separator, uconn prefix; the events maxlen and the control
-/// channel. Returns a flat list `room, user, username, ...` of users now
-/// gone.
+/// prefix, separator, uconn prefix; the events maxlen, the control
+/// channel, and the presz prefix. Returns a flat list `room, user,
+/// username, members left in the room, ...` of users now gone.
 ///
 /// The per-room keys are derived inside the script from the entries, so this
 /// script assumes a single Redis (not Redis Cluster).
@@ -274,11 +296,12 @@ for _, e in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local room, user, conn = string.match(e, '^(%S+) (%S+) (%S+)$')
   if room then
     local pconn = ARGV[4] .. room .. ARGV[5] .. user
-    local last, name = drop(pconn, ARGV[3] .. room, KEYS[4], ARGV[6] .. user, KEYS[5], ARGV[7], conn, user, room)
+    local last, name = drop(pconn, ARGV[3] .. room, ARGV[9] .. room, KEYS[4], ARGV[6] .. user, KEYS[5], ARGV[7], conn, user, room)
     if last == 1 then
       table.insert(left, room)
       table.insert(left, user)
       table.insert(left, name)
+      table.insert(left, redis.call('HLEN', ARGV[3] .. room))
     end
   end
 end
@@ -348,18 +371,57 @@ return {2, user[1], user[2]}
     )
 });
 
-/// [`PRESENCE_ADD`], then everyone online: returns `{first (0/1), {user,
-/// username, user, username, ...}}`. Same KEYS and ARGV, plus optionally
-/// ARGV[8] channel and ARGV[9] payload: published when `first` (the
-/// `user_joined` announcement, in the same step as the decision).
+/// [`PRESENCE_ADD`], then what the newcomer learns. Same KEYS and ARGV,
+/// plus ARGV[8] the summary threshold, ARGV[9] the page size, and
+/// optionally the announcement as for [`PRESENCE_REMOVE`] in ARGV[10..14]
+/// (channel, exact `user_joined` envelope, diff pieces), published when
+/// `first`. Returns `{first (0/1), count, {user, username, ...}}`: everyone
+/// online, or in a room of more than the threshold, the first page by user
+/// id (O(page), not O(room)).
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
     presence_script(
         r"
 ctl = ARGV[7]
 redis.call('SADD', KEYS[3], ARGV[4])
-local first = add(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
-if first == 1 and ARGV[9] then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
-return {first, redis.call('HGETALL', KEYS[2])}
+local first = add(KEYS[1], KEYS[2], KEYS[7], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
+local count = redis.call('HLEN', KEYS[2])
+local above = tonumber(ARGV[8])
+if first == 1 and ARGV[10] then
+  announce(ARGV[10], true, count, above, ARGV[11], ARGV[12], ARGV[13])
+end
+if count <= above then
+  return {first, count, redis.call('HGETALL', KEYS[2])}
+end
+local ids = redis.call('ZRANGEBYLEX', KEYS[7], '-', '+', 'LIMIT', 0, ARGV[9])
+local page = {}
+if #ids > 0 then
+  local names = redis.call('HMGET', KEYS[2], unpack(ids))
+  for i, id in ipairs(ids) do
+    page[2 * i - 1] = id
+    page[2 * i] = names[i] or id
+  end
+end
+return {first, count, page}
+",
+    )
+});
+
+/// One page of a room's presence. KEYS: pres, presz. ARGV: the ZRANGEBYLEX
+/// start (`-`, or `(<user id>` for after that user), limit. Returns
+/// `{count, {user, username, ...}}`.
+pub static PRESENCE_PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, ARGV[2])
+local page = {}
+if #ids > 0 then
+  local names = redis.call('HMGET', KEYS[1], unpack(ids))
+  for i, id in ipairs(ids) do
+    page[2 * i - 1] = id
+    page[2 * i] = names[i] or id
+  end
+end
+return {redis.call('HLEN', KEYS[1]), page}
 ",
     )
 });

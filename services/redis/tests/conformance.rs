@@ -39,6 +39,7 @@ roomcast_core::backend_suite!(|| async {
             lease: false,
             sweeper: false,
             events: roomcast_core::conformance::RECORD_ALL,
+            summary: Default::default(),
         };
         let shutdown = token.clone();
         Box::pin(async move {

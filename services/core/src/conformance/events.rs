@@ -55,7 +55,10 @@ pub async fn presence_changes_record_room_member_and_user_events(make: &MakeBack
     b.presence.add(&r1, &pu, "n/2").await.unwrap();
     assert_eq!(drain(&*q).await, []);
     // Another room: the user was online already.
-    b.presence.join(&r2, &pu, "n/3").await.unwrap();
+    b.presence
+        .join(&r2, &pu, "n/3", crate::presence::Summary::default())
+        .await
+        .unwrap();
     assert_eq!(
         drain(&*q).await,
         [

@@ -48,6 +48,8 @@ macro_rules! backend_suite {
             re_adding_a_connection_is_no_news,
             online_users_are_counted_across_rooms,
             a_first_join_is_announced_once,
+            big_rooms_are_summarised_and_paged,
+            summarised_changes_are_coalesced_into_diffs,
             presence_changes_record_room_member_and_user_events,
             stored_messages_record_one_event_each,
             unacknowledged_events_are_read_again_first,
@@ -102,14 +104,7 @@ pub(super) async fn member(
     user_id: &str,
 ) -> Arc<Outbox> {
     let outbox = Arc::new(Outbox::new(1024));
-    hub.join(
-        room,
-        Member {
-            conn,
-            user: user(user_id),
-            outbox: outbox.clone(),
-        },
-    );
+    hub.join(room, Member::new(conn, user(user_id), outbox.clone()));
     backend.broker.subscribe(room).await.expect("subscribe");
     outbox
 }

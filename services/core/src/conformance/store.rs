@@ -80,15 +80,20 @@ pub async fn admission(make: &MakeBackend) {
         user_id: id.clone(),
         username: name.into(),
     };
-    let (first, users) = b.presence.join(&r, &pu(&u, "Newbie"), "n/9").await.unwrap();
-    assert!(first);
-    assert_eq!(users, [pu(&u, "Newbie")]);
-    let (first, users) = b
+    let summary = crate::presence::Summary::default();
+    let joined = b
         .presence
-        .join(&r, &pu(&u, "Newbie"), "n/10")
+        .join(&r, &pu(&u, "Newbie"), "n/9", summary)
         .await
         .unwrap();
-    assert!(!first && users.len() == 1, "a second tab");
+    assert!(joined.first);
+    assert_eq!(joined.users, [pu(&u, "Newbie")]);
+    let joined = b
+        .presence
+        .join(&r, &pu(&u, "Newbie"), "n/10", summary)
+        .await
+        .unwrap();
+    assert!(!joined.first && joined.users.len() == 1, "a second tab");
 }
 
 pub async fn listings_are_oldest_first(make: &MakeBackend) {

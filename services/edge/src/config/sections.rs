@@ -274,10 +274,19 @@ impl Default for RedisSettings {
     }
 }
 
-/// Cluster-wide presence (Redis backend only).
+/// Presence: how big rooms show it (both backends), and the node leases
+/// and sweeper of cluster-wide presence (Redis backend only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceSettings {
+    /// Rooms with more members than this get summarised presence: a count
+    /// and the first page for a newcomer, coalesced `presence_diff` frames
+    /// instead of `user_joined` / `user_left`.
+    pub summary_above: u64,
+    /// How many members a newcomer of a summarised room is sent (1-1000).
+    pub summary_page: usize,
+    /// How often a node sends each summarised room's coalesced diff.
+    pub diff_interval_ms: u64,
     /// Run the dead-node sweeper in this process too. Harmless next to the
     /// `roomcast-presence` service: a lock makes one sweeper lead.
     pub sweeper: bool,
@@ -289,7 +298,11 @@ pub struct PresenceSettings {
 
 impl Default for PresenceSettings {
     fn default() -> Self {
+        let summary = roomcast_core::presence::Summary::default();
         Self {
+            summary_above: summary.above,
+            summary_page: summary.page,
+            diff_interval_ms: 250,
             sweeper: true,
             heartbeat_ms: 1000,
             lease_ttl_ms: 3000,

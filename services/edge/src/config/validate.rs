@@ -71,6 +71,7 @@ impl Settings {
                 "presence.sweep_interval_ms",
                 self.presence.sweep_interval_ms,
             ),
+            ("presence.diff_interval_ms", self.presence.diff_interval_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -107,6 +108,9 @@ impl Settings {
                 "websocket.rate_burst",
                 "expected a number of at least 1",
             ));
+        }
+        if !(1..=1000).contains(&self.presence.summary_page) {
+            return Err(bad("presence.summary_page", "expected 1 to 1000"));
         }
         if self.presence.lease_ttl_ms < self.presence.heartbeat_ms * 2 {
             return Err(bad(

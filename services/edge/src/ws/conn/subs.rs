@@ -35,11 +35,7 @@ impl Conn {
         id: ConnId,
     ) -> Result<(), End> {
         let app = self.app.clone();
-        let member = Member {
-            conn: id,
-            user: self.admission.user.user_id.clone(),
-            outbox: self.outbox.clone(),
-        };
+        let member = Member::new(id, self.admission.user.user_id.clone(), self.outbox.clone());
         let at = self.subs.partition_point(|s| s.id < id);
         self.subs.insert(
             at,
@@ -70,6 +66,7 @@ impl Conn {
             &room,
             &self.admission.user,
             &conn_key,
+            app.settings.presence_summary(),
             &*backend.broker,
             joined.into(),
         );
@@ -77,7 +74,10 @@ impl Conn {
         let (joined, start) = tokio::join!(join, recover);
         // Joined even if the recovery read failed: `leave` must then undo it.
         self.subs[at].in_presence = joined.is_ok();
-        let (_, users) = joined?;
+        let joined = joined?;
+        // This membership holds the room's presence from here on: settled
+        // members get net presence diffs (see `hub::diffs`).
+        app.hub.settle(&room, id);
         let start = start?;
         let (position, recovered) = (start.position, start.recovered);
         self.subs[at].seen_offset = position.offset;
@@ -103,7 +103,8 @@ impl Conn {
         self.feed(
             ServerFrame::Presence(PresenceFrame {
                 room_id: room.clone(),
-                users,
+                count: joined.is_page().then_some(joined.count),
+                users: joined.users,
             })
             .to_json(),
         )
@@ -130,9 +131,9 @@ impl Conn {
     }
 
     /// Leaves the membership at `subs[at]`: the hub (unsubscribing the node
-    /// from the room when it was its last member), presence, and
-    /// `user_left` if this was the user's last connection in the room
-    /// anywhere.
+    /// from the room when it was its last member), presence, and its
+    /// announcement (`user_left`, or a big room's diff) if this was the
+    /// user's last connection in the room anywhere.
     pub(super) async fn leave(&mut self, at: usize) {
         let sub = self.subs.remove(at);
         let app = self.app.clone();
@@ -144,21 +145,18 @@ impl Conn {
             tracing::warn!(error = %e, "unsubscribe failed");
         }
         if sub.in_presence {
-            let user = &self.admission.user.user_id;
-            match app.backend.presence.remove(room, user, &sub.conn_key).await {
-                Ok(true) => {
-                    let left = ServerFrame::UserLeft(self.user_event(room));
-                    if let Err(e) = app
-                        .backend
-                        .broker
-                        .publish_event(room, left.to_json().into(), None)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "user_left not published");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "presence not updated on leave"),
+            let left = ServerFrame::UserLeft(self.user_event(room)).to_json();
+            let backend = &app.backend;
+            let leave = backend.presence.leave_announced(
+                room,
+                &self.admission.user,
+                &sub.conn_key,
+                app.settings.presence_summary(),
+                &*backend.broker,
+                left.into(),
+            );
+            if let Err(e) = leave.await {
+                tracing::warn!(error = %e, "presence not updated on leave");
             }
         }
     }

@@ -122,11 +122,11 @@ fn member(hub: &Hub, room: &RoomId, conn: ConnId) -> Arc<Outbox> {
     let outbox = Arc::new(Outbox::new(64));
     hub.join(
         room,
-        Member {
+        Member::new(
             conn,
-            user: UserId::parse(&format!("u{conn}")).unwrap(),
-            outbox: outbox.clone(),
-        },
+            UserId::parse(&format!("u{conn}")).unwrap(),
+            outbox.clone(),
+        ),
     );
     outbox
 }

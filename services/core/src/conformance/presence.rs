@@ -215,7 +215,7 @@ async fn flushed(hub: &Hub, r: &RoomId, users: usize, rx: &mut Arc<Outbox>) -> s
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    hub.flush_presence();
+    hub.flush_presence(100);
     serde_json::from_slice(&recv(rx).await.frame).unwrap()
 }
 
@@ -284,7 +284,7 @@ pub async fn summarised_changes_are_coalesced_into_diffs(make: &MakeBackend) {
     // Settled: a leave and a rejoin inside one interval is no news, but a
     // newcomer who has not settled still hears of it.
     hub.settle(&r, 100);
-    hub.flush_presence();
+    hub.flush_presence(100);
     let mut newcomer = member(&hub, &b, &r, 101, "newcomer").await;
     leave(2).await;
     join(2).await;

@@ -95,34 +95,47 @@ impl Diffs {
 }
 
 impl Pending {
-    /// The frame for settled members: the net change (`None` when there is
-    /// none).
-    pub(super) fn net(&self, room: &RoomId) -> Option<PresenceDiffFrame> {
-        let frame = self.frame(room, |c| c.was != c.now);
-        (!frame.joins.is_empty() || !frame.leaves.is_empty()).then_some(frame)
+    /// The frames for settled members: the net change (none when there is
+    /// none), at most `max` users per frame.
+    pub(super) fn net(&self, room: &RoomId, max: usize) -> Vec<PresenceDiffFrame> {
+        self.frames(room, max, |c| c.was != c.now)
     }
 
-    /// The frame for members still settling: every changed user's last
-    /// state.
-    pub(super) fn last(&self, room: &RoomId) -> PresenceDiffFrame {
-        self.frame(room, |_| true)
+    /// The frames for members still settling: every changed user's last
+    /// state, at most `max` users per frame.
+    pub(super) fn last(&self, room: &RoomId, max: usize) -> Vec<PresenceDiffFrame> {
+        self.frames(room, max, |_| true)
     }
 
-    fn frame(&self, room: &RoomId, keep: impl Fn(&Change) -> bool) -> PresenceDiffFrame {
-        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-        for (id, c) in self.changes.iter().filter(|(_, c)| keep(c)) {
-            let user = PresenceUser {
-                user_id: id.clone(),
-                username: c.username.clone(),
-            };
-            if c.now { &mut joins } else { &mut leaves }.push(user);
-        }
-        PresenceDiffFrame {
-            room_id: room.clone(),
-            joins,
-            leaves,
-            count: self.count,
-        }
+    /// The changes `keep` selects, in frames of at most `max` users: a
+    /// socket's write buffer keeps the capacity of the largest frame it
+    /// sent, so one interval's thousand joins must not become one frame of
+    /// tens of KiB held by every member of the room.
+    fn frames(
+        &self,
+        room: &RoomId,
+        max: usize,
+        keep: impl Fn(&Change) -> bool,
+    ) -> Vec<PresenceDiffFrame> {
+        let kept: Vec<(&UserId, &Change)> = self.changes.iter().filter(|(_, c)| keep(c)).collect();
+        kept.chunks(max.max(1))
+            .map(|chunk| {
+                let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+                for (id, c) in chunk {
+                    let user = PresenceUser {
+                        user_id: (*id).clone(),
+                        username: c.username.clone(),
+                    };
+                    if c.now { &mut joins } else { &mut leaves }.push(user);
+                }
+                PresenceDiffFrame {
+                    room_id: room.clone(),
+                    joins,
+                    leaves,
+                    count: self.count,
+                }
+            })
+            .collect()
     }
 }
 
@@ -158,14 +171,26 @@ mod tests {
         let (generation, mut rooms) = d.take();
         assert_eq!((generation, d.generation()), (0, 1));
         let p = rooms.remove(&r).unwrap();
-        let net = p.net(&r).unwrap();
-        assert_eq!((ids(&net.joins), ids(&net.leaves)), (vec!["b"], vec![]));
-        assert_eq!(net.count, 11);
-        let last = p.last(&r);
+        let net = p.net(&r, 100);
+        assert_eq!(net.len(), 1);
         assert_eq!(
-            (ids(&last.joins), ids(&last.leaves)),
+            (ids(&net[0].joins), ids(&net[0].leaves)),
+            (vec!["b"], vec![])
+        );
+        assert_eq!(net[0].count, 11);
+        let last = p.last(&r, 100);
+        assert_eq!(
+            (ids(&last[0].joins), ids(&last[0].leaves)),
             (vec!["a", "b"], vec!["c"])
         );
+        // At most `max` users a frame, each with the count.
+        let split = p.last(&r, 2);
+        assert_eq!(split.len(), 2);
+        assert_eq!(
+            (ids(&split[0].joins), ids(&split[1].leaves)),
+            (vec!["a", "b"], vec!["c"])
+        );
+        assert!(split.iter().all(|f| f.count == 11));
         assert!(d.take().1.is_empty(), "taken once");
     }
 
@@ -176,7 +201,7 @@ mod tests {
         d.absorb(diff(&r, "a", false, 9));
         d.absorb(diff(&r, "a", true, 10));
         let p = d.take().1.remove(&r).unwrap();
-        assert!(p.net(&r).is_none());
-        assert_eq!(ids(&p.last(&r).joins), ["a"]);
+        assert!(p.net(&r, 100).is_empty());
+        assert_eq!(ids(&p.last(&r, 100)[0].joins), ["a"]);
     }
 }

@@ -12,6 +12,8 @@ common:   --urls       node base URLs (http://host:port), clients spread over th
 fanout:   --rooms R --members N --publishers P (per room) --rate MSG/S (per publisher)
           --duration SECS --size BYTES (content, default 100) --drain SECS (default 3)
           --ready-file PATH (written when publishing starts) --done-file PATH (when it ends)
+          --reconnect  a member whose socket the server closes (a drain) reconnects to
+          another node with since=<last offset seen>
 idle:     --connections C --room-size K (default 10) --hold SECS (default 3)
           --ready-file PATH (written once all are connected)
 churn:    --connections C --rate CONNECTS/S --duration SECS --room-size K (default 10)
@@ -57,6 +59,8 @@ pub struct Opts {
     /// Written when publishing starts (multiroom).
     pub publish_file: Option<String>,
     pub rooms_per_conn: usize,
+    /// fanout: members closed by the server reconnect elsewhere with `since`.
+    pub reconnect: bool,
 }
 
 pub fn parse(args: &[String]) -> Result<Opts, String> {
@@ -89,11 +93,16 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
         done_file: None,
         publish_file: None,
         rooms_per_conn: 10,
+        reconnect: false,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         if flag == "--auto" {
             o.auto = true;
+            continue;
+        }
+        if flag == "--reconnect" {
+            o.reconnect = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;

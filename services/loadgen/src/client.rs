@@ -23,8 +23,16 @@ pub fn now_micros() -> u64 {
 
 /// Opens a socket to `base` (http://host:port) for `room`/`user`; the
 /// socket and the time to the upgrade.
-pub async fn connect(base: &str, room: &str, user: &str) -> Result<(Ws, Duration), String> {
-    let url = format!("{}/ws/{room}/{user}", base.replacen("http://", "ws://", 1));
+pub async fn connect(
+    base: &str,
+    room: &str,
+    user: &str,
+    since: Option<u64>,
+) -> Result<(Ws, Duration), String> {
+    let mut url = format!("{}/ws/{room}/{user}", base.replacen("http://", "ws://", 1));
+    if let Some(since) = since {
+        url.push_str(&format!("?since={since}"));
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -52,6 +60,8 @@ pub enum Frame<'a> {
     Error {
         code: &'a str,
     },
+    /// `presence_diff`, `user_joined` or `user_left`: news of a member.
+    Presence,
     Other,
 }
 
@@ -91,6 +101,7 @@ pub fn scan(text: &str) -> Frame<'_> {
         "error" => Frame::Error {
             code: string_after(text, "\"code\":\"").unwrap_or("?"),
         },
+        "presence_diff" | "user_joined" | "user_left" => Frame::Presence,
         _ => Frame::Other,
     }
 }

@@ -138,6 +138,7 @@ pub async fn churn(o: &Opts) -> Result<Report, String> {
             p,
             j.start,
             Some(publish),
+            None,
             stop_rx.clone(),
         )));
     }

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{join_all, setup};
+use super::{join_all, join_since, setup};
 use crate::cli::Opts;
 use crate::client::{self, Frame, Ws};
 use crate::report::{self, Report};
@@ -25,6 +25,8 @@ pub(super) struct Tally {
     errors: u64,
     rate_limited: u64,
     closed_early: bool,
+    /// `presence_diff` / `user_joined` / `user_left` frames received.
+    presence: u64,
 }
 
 impl Tally {
@@ -59,8 +61,21 @@ pub(super) struct Publish {
     pub(super) until: Instant,
 }
 
+/// Where a member reconnects when the server closes its socket (a drain):
+/// the nodes, tried from `next` on, with `since` = the last offset seen.
+pub(super) struct Rejoin {
+    pub(super) urls: std::sync::Arc<Vec<String>>,
+    pub(super) next: usize,
+    pub(super) room: String,
+    pub(super) user: String,
+    /// Give up after this.
+    pub(super) until: Instant,
+}
+
 pub(super) struct MemberResult {
     pub(super) room: usize,
+    /// Reconnects made, and how long each took from the close to `connected`.
+    reconnects: Histogram<u64>,
     start: u64,
     tally: Tally,
     latency: Histogram<u64>,
@@ -75,8 +90,10 @@ pub(super) async fn member(
     room: usize,
     start: u64,
     publish: Option<Publish>,
+    mut rejoin: Option<Rejoin>,
     mut stop: watch::Receiver<bool>,
 ) -> MemberResult {
+    let mut reconnects = report::histogram();
     let mut tally = Tally::default();
     let mut latency = report::histogram();
     let mut acked = Vec::new();
@@ -114,6 +131,7 @@ pub(super) async fn member(
                         }
                     }
                     Frame::Ack { offset } => acked.push(offset),
+                    Frame::Presence => tally.presence += 1,
                     Frame::Error { code } => {
                         tally.errors += 1;
                         if code == "rate_limited" {
@@ -123,8 +141,23 @@ pub(super) async fn member(
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    tally.closed_early = true;
-                    break;
+                    let closed_at = Instant::now();
+                    match rejoin.as_mut() {
+                        Some(r) if !*stop.borrow() => match reconnect(r, tally.max_offset.max(start)).await {
+                            Some(new) => {
+                                ws = new;
+                                let _ = reconnects.record(closed_at.elapsed().as_micros().max(1) as u64);
+                            }
+                            None => {
+                                tally.closed_early = true;
+                                break;
+                            }
+                        },
+                        _ => {
+                            tally.closed_early = true;
+                            break;
+                        }
+                    }
                 }
                 Some(Ok(_)) => {}
             },
@@ -132,6 +165,7 @@ pub(super) async fn member(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     MemberResult {
+        reconnects,
         room,
         start,
         tally,
@@ -139,6 +173,22 @@ pub(super) async fn member(
         acked,
         sent,
     }
+}
+
+/// Connects again with `since`, trying each node in turn (a draining one
+/// refuses) until `r.until`.
+async fn reconnect(r: &mut Rejoin, since: u64) -> Option<Ws> {
+    while Instant::now() < r.until {
+        let base = &r.urls[r.next % r.urls.len()];
+        match join_since(base, &r.room, &r.user, Some(since)).await {
+            Ok(j) => return Some(j.ws),
+            Err(_) => {
+                r.next += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    None
 }
 
 /// A message frame up to its `client_id` value, with `size` bytes of content.
@@ -193,6 +243,7 @@ pub async fn fanout(o: &Opts) -> Result<Report, String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let body_prefix = message_prefix(o.size);
     let mut tasks = Vec::new();
+    let urls = std::sync::Arc::new(o.urls.clone());
     for (i, j) in joined.into_iter().enumerate() {
         let j = j.expect("checked");
         let (room, index) = (i / o.members, i % o.members);
@@ -202,11 +253,22 @@ pub async fn fanout(o: &Opts) -> Result<Report, String> {
             body_prefix: body_prefix.clone(),
             until,
         });
+        // A member closed by its node goes to another one: spread over
+        // the others, so one node's members do not all land on one.
+        let n = urls.len();
+        let rejoin = (o.reconnect && n > 1).then(|| Rejoin {
+            urls: urls.clone(),
+            next: i % n + 1 + (i / n) % (n - 1),
+            room: rooms[room].clone(),
+            user: users[i].clone(),
+            until: until + o.drain,
+        });
         tasks.push(tokio::spawn(member(
             j.ws,
             room,
             j.start,
             publish,
+            rejoin,
             stop_rx.clone(),
         )));
     }
@@ -232,6 +294,8 @@ pub async fn fanout(o: &Opts) -> Result<Report, String> {
         sent += r.sent;
     }
     let mut latency = report::histogram();
+    let mut reconnects = report::histogram();
+    let mut presence = 0;
     let (
         mut expected,
         mut delivered,
@@ -257,6 +321,8 @@ pub async fn fanout(o: &Opts) -> Result<Report, String> {
         limited += r.tally.rate_limited;
         closed += u64::from(r.tally.closed_early);
         latency.add(&r.latency).map_err(|e| e.to_string())?;
+        reconnects.add(&r.reconnects).map_err(|e| e.to_string())?;
+        presence += r.tally.presence;
     }
     let acked: u64 = acked_by_room.iter().map(|a| a.len() as u64).sum();
     let secs = o.duration.as_secs_f64();
@@ -276,6 +342,11 @@ pub async fn fanout(o: &Opts) -> Result<Report, String> {
     report.set("errors", errors);
     report.set("rate_limited", limited);
     report.set("connections_closed_early", closed);
+    report.set("presence_frames", presence);
+    if o.reconnect {
+        report.set("reconnects", reconnects.len());
+        report.latency("reconnect", &reconnects);
+    }
     let target = o.rate * secs * (o.publishers * o.rooms) as f64;
     if (acked as f64) < 0.95 * target {
         report.warn(format!(

@@ -67,8 +67,18 @@ struct Joined {
 }
 
 async fn join(base: &str, room: &str, user: &str) -> Result<Joined, String> {
+    join_since(base, room, user, None).await
+}
+
+/// [`join`] with `since` (a reconnect that recovers what it missed).
+async fn join_since(
+    base: &str,
+    room: &str,
+    user: &str,
+    since: Option<u64>,
+) -> Result<Joined, String> {
     let started = Instant::now();
-    let (mut ws, _) = client::connect(base, room, user).await?;
+    let (mut ws, _) = client::connect(base, room, user, since).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {

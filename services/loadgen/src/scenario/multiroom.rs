@@ -245,7 +245,7 @@ pub async fn multiroom(o: &Opts) -> Result<Report, String> {
         let stop = stop_rx.clone();
         pubs.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            member(j.ws, r, j.start, Some(publish), stop).await
+            member(j.ws, r, j.start, Some(publish), None, stop).await
         }));
     }
     tokio::time::sleep(o.duration + o.drain).await;

@@ -216,20 +216,17 @@ impl Hub {
     }
 
     /// Sends every summarised room's pending joins and leaves to its local
-    /// members: per room, `presence_diff` frames of at most `max_users`
-    /// users (see `diffs`). Called by the node every
+    /// members: per room, one `presence_diff` frame listing at most
+    /// `max_users` users (see `diffs`). Called by the node every
     /// `presence.diff_interval_ms`. Returns how many frames were queued.
     pub fn flush_presence(&self, max_users: usize) -> usize {
         let (generation, rooms) = self.diffs.take();
-        let encode = |frames: Vec<roomcast_protocol::PresenceDiffFrame>| -> Vec<Bytes> {
-            frames
-                .into_iter()
-                .map(|f| Bytes::from(ServerFrame::PresenceDiff(f).to_json()))
-                .collect()
+        let encode = |f: roomcast_protocol::PresenceDiffFrame| -> Bytes {
+            Bytes::from(ServerFrame::PresenceDiff(f).to_json())
         };
         let mut queued = 0;
         for (room, pending) in rooms {
-            let net = encode(pending.net(&room, max_users));
+            let net = pending.net(&room, max_users).map(encode);
             let mut last = None;
             let shard = self.rooms.shard(&room).read();
             let Some(members) = shard.get(&room) else {
@@ -237,27 +234,26 @@ impl Hub {
             };
             let mut slow = 0;
             for m in members {
-                let frames = if m.settled_at >= generation {
+                let frame = if m.settled_at >= generation {
                     last.get_or_insert_with(|| encode(pending.last(&room, max_users)))
+                } else if let Some(net) = &net {
+                    net
                 } else {
-                    &net
+                    continue;
                 };
-                for frame in frames.iter() {
-                    let out = Outbound {
-                        frame: frame.clone(),
-                        offset: 0,
-                        published_at: Timestamp::now(),
-                        to: m.conn,
-                    };
-                    match m.outbox.push(out) {
-                        Ok(()) => queued += 1,
-                        Err(PushError::Full) => {
-                            slow += 1;
-                            m.outbox.kill(KillReason::SlowConsumer);
-                            break;
-                        }
-                        Err(PushError::Closed) => break,
+                let out = Outbound {
+                    frame: frame.clone(),
+                    offset: 0,
+                    published_at: Timestamp::now(),
+                    to: m.conn,
+                };
+                match m.outbox.push(out) {
+                    Ok(()) => queued += 1,
+                    Err(PushError::Full) => {
+                        slow += 1;
+                        m.outbox.kill(KillReason::SlowConsumer);
                     }
+                    Err(PushError::Closed) => {}
                 }
             }
             drop(shard);

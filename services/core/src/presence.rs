@@ -102,6 +102,7 @@ pub fn diff_of(room: &RoomId, user: &PresenceUser, joined: bool, count: u64) -> 
         room_id: room.clone(),
         joins,
         leaves,
+        omitted: None,
         count,
     }
 }

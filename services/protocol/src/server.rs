@@ -116,7 +116,8 @@ pub struct PresenceFrame {
 
 /// Who came and went in a summarised room since the last diff (one frame
 /// per room per `presence.diff_interval_ms` on each node, instead of a
-/// `user_joined` / `user_left` per user). Apply as set operations: a join
+/// `user_joined` / `user_left` per user), at most a page of them: past it,
+/// `omitted` says how many more, and `count` stays exact. Apply as set operations: a join
 /// adds (or renames) the user, a leave removes it. `count` is the room's
 /// member count when the last of these changes was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +125,10 @@ pub struct PresenceDiffFrame {
     pub room_id: RoomId,
     pub joins: Vec<PresenceUser>,
     pub leaves: Vec<PresenceUser>,
+    /// How many more users came or went than are listed (a node lists at
+    /// most `presence.summary_page` per interval); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<u64>,
     pub count: u64,
 }
 

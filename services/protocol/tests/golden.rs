@@ -119,6 +119,7 @@ fn summarised_presence_and_its_diff() {
             user_id: UserId::parse("u-2").unwrap(),
             username: "bob \"18446744073709551615\"".into(),
         }],
+        omitted: None,
         count: 4999,
     };
     let json = ServerFrame::PresenceDiff(diff.clone()).to_json();
@@ -133,6 +134,12 @@ fn summarised_presence_and_its_diff() {
     // when a username holds the placeholder.
     let (before, after) = diff.split_at_count();
     assert_eq!(format!("{before}4999{after}"), json);
+    // A node lists at most a page of changes and counts the rest.
+    let capped = PresenceDiffFrame {
+        omitted: Some(250),
+        ..diff
+    };
+    assert_eq!(json_of(&ServerFrame::PresenceDiff(capped))["omitted"], 250);
 }
 
 #[test]

@@ -25,16 +25,8 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 if [ "$quick" = "--quick" ]; then big=1000; bigger=2000; burst=2000
 else big=5000; bigger=10000; burst=10000; fi
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --save "" --appendonly no \
-  --loglevel warning > "$tmp/redis.log" 2>&1 &
-pids+=("$!")
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
-"$loadgen" delay-proxy --listen 127.0.0.1:0 --upstream "127.0.0.1:$redis_port" --delay-ms "$far_ms" \
-  > "$tmp/proxy.out" 2>&1 &
-pids+=("$!")
-until grep -q '^listening on' "$tmp/proxy.out" 2>/dev/null; do sleep 0.05; done
-proxy=$(sed -n 's/^listening on //p' "$tmp/proxy.out")
+start_redis
+start_delay_proxy "$far_ms"
 
 rows=()
 run=0

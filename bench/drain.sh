@@ -20,11 +20,7 @@ if [ "$quick" = "--quick" ]; then members=${MEMBERS:-1000}; secs=9
 else members=${MEMBERS:-10000}; secs=15; fi
 rate=1; publishers=2
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --save "" --appendonly no \
-  --loglevel warning > "$tmp/redis.log" 2>&1 &
-pids+=("$!")
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+start_redis
 redis_url="redis://127.0.0.1:$redis_port/0"
 
 urls=""; edges=()

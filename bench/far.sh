@@ -20,16 +20,8 @@ far_ms=${FAR_MS:-1}
 if [ "$quick" = "--quick" ]; then conns=500; rooms=200; k=10; rate=50; secs=6
 else conns=5000; rooms=1000; k=20; rate=100; secs=10; fi
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --save "" --appendonly no \
-  --loglevel warning > "$tmp/redis.log" 2>&1 &
-pids+=("$!")
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
-"$loadgen" delay-proxy --listen 127.0.0.1:0 --upstream "127.0.0.1:$redis_port" --delay-ms "$far_ms" \
-  > "$tmp/proxy.out" 2>&1 &
-pids+=("$!")
-until grep -q '^listening on' "$tmp/proxy.out" 2>/dev/null; do sleep 0.05; done
-proxy=$(sed -n 's/^listening on //p' "$tmp/proxy.out")
+start_redis
+start_delay_proxy "$far_ms"
 
 redis_url="redis://$proxy/0"
 port=$(free_port)

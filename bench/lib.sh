@@ -33,4 +33,23 @@ start_edge() { # port node-id [VAR=value ...]
   started=$!
   pids+=("$started")
 }
+# Starts a redis-server without persistence; its port in $redis_port.
+start_redis() {
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --save "" --appendonly no \
+    --loglevel warning > "$tmp/redis.log" 2>&1 &
+  pids+=("$!")
+  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+}
+
+# Starts roomcast-loadgen's delay proxy in front of $redis_port, each
+# direction delayed $1 ms (there is no tc netem here); host:port in $proxy.
+start_delay_proxy() { # delay-ms
+  "$loadgen" delay-proxy --listen 127.0.0.1:0 --upstream "127.0.0.1:$redis_port" --delay-ms "$1" \
+    > "$tmp/proxy.out" 2>&1 &
+  pids+=("$!")
+  until grep -q '^listening on' "$tmp/proxy.out" 2>/dev/null; do sleep 0.05; done
+  proxy=$(sed -n 's/^listening on //p' "$tmp/proxy.out")
+}
+
 wait_ready() { until curl -sf "http://127.0.0.1:$1/ready" >/dev/null; do sleep 0.1; done; }

@@ -27,6 +27,17 @@ use crate::shard::Sharded;
 /// How every `presence_diff` frame starts (serde writes the tag first).
 const DIFF_PREFIX: &[u8] = br#"{"type":"presence_diff""#;
 
+/// Queues `out`, or, when the queue is full, closes its consumer as too
+/// slow ([`KillReason::SlowConsumer`]): the one place every push from the
+/// hub applies that rule. The error says which happened.
+fn offer(outbox: &Outbox, out: Outbound) -> Result<(), PushError> {
+    let pushed = outbox.push(out);
+    if let Err(PushError::Full) = pushed {
+        outbox.kill(KillReason::SlowConsumer);
+    }
+    pushed
+}
+
 /// A connection's id, unique on this node.
 pub type ConnId = u64;
 
@@ -247,12 +258,9 @@ impl Hub {
                     published_at: Timestamp::now(),
                     to: m.conn,
                 };
-                match m.outbox.push(out) {
+                match offer(&m.outbox, out) {
                     Ok(()) => queued += 1,
-                    Err(PushError::Full) => {
-                        slow += 1;
-                        m.outbox.kill(KillReason::SlowConsumer);
-                    }
+                    Err(PushError::Full) => slow += 1,
                     Err(PushError::Closed) => {}
                 }
             }
@@ -362,12 +370,9 @@ impl Hub {
                 published_at: env.published_at,
                 to: m.conn,
             };
-            match m.outbox.push(out) {
+            match offer(&m.outbox, out) {
                 Ok(()) => delivered += 1,
-                Err(PushError::Full) => {
-                    slow += 1;
-                    m.outbox.kill(KillReason::SlowConsumer);
-                }
+                Err(PushError::Full) => slow += 1,
                 // The connection is on its way out and will leave the room.
                 Err(PushError::Closed) => {}
             }

@@ -189,6 +189,21 @@ async fn join_room(
     .into_response())
 }
 
+/// A page size from the query (`default` when absent or empty): an integer
+/// from 1 to 1000, the bound of every paged listing.
+fn limit_param(raw: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=roomcast_core::history::MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::Unprocessable("limit: expected an integer from 1 to 1000".into())
+            }),
+    }
+}
+
 #[derive(Deserialize)]
 struct HistoryParams {
     since: Option<String>,
@@ -202,16 +217,7 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::Unprocessable(e.body_text()))?;
     let room = existing_room(&app, &id).await?;
-    let limit = match p.limit.as_deref() {
-        None | Some("") => 50,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=roomcast_core::history::MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::Unprocessable("limit: expected an integer from 1 to 1000".into())
-            })?,
-    };
+    let limit = limit_param(p.limit.as_deref(), 50)?;
     let since = match p.since.as_deref() {
         None | Some("") => None,
         Some(s) => Some(Since::parse(s).map_err(ApiError::Unprocessable)?),
@@ -271,16 +277,7 @@ async fn presence(
         })
         .into_response());
     }
-    let limit = match p.limit.as_deref() {
-        None | Some("") => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::Unprocessable("limit: expected an integer from 1 to 1000".into())
-            })?,
-    };
+    let limit = limit_param(p.limit.as_deref(), 100)?;
     let after = match p.after.as_deref() {
         None | Some("") => None,
         Some(a) => {

@@ -98,36 +98,42 @@ impl RedisPresence {
         self.registered.clone()
     }
 
-    async fn change(
-        &self,
-        add: bool,
-        room: &RoomId,
-        user: &UserId,
-        username: &str,
-        conn: &str,
-    ) -> Result<bool, BackendError> {
-        let script = if add {
-            &*PRESENCE_ADD
-        } else {
-            &*PRESENCE_REMOVE
-        };
-        let invocation = self.invocation(script, room, user, username, conn);
-        if !add {
-            // Whatever the outcome, the entry no longer counts as confirmed.
-            self.registered.set(room, conn, false);
-        }
-        let changed = self
-            .redis
+    /// Runs a presence script that answers 1 or 0: the user's first (or
+    /// last) connection in the room, or not.
+    async fn decide(&self, invocation: ScriptInvocation<'static>) -> Result<bool, BackendError> {
+        self.redis
             .timed(async {
                 let mut c = self.redis.conn().await?;
-                let changed: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
-                Ok(changed == 1)
+                let n: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+                Ok(n == 1)
             })
-            .await?;
-        if add {
-            self.registered.set(room, conn, true);
+            .await
+    }
+
+    /// Removes the connection, and with `announce`, publishes the change
+    /// when it was the user's last in the room. A failure flags the node to
+    /// reconcile: its entry may outlive the connection.
+    async fn remove_script(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        conn: &str,
+        announce: Option<(Announce, Summary)>,
+    ) -> Result<bool, BackendError> {
+        let mut invocation = self.invocation(&PRESENCE_REMOVE, room, user, "", conn);
+        if let Some((announce, summary)) = announce {
+            announce.args(&mut invocation);
+            invocation.arg(summary.above);
         }
-        Ok(changed)
+        // Whatever the outcome, the entry no longer counts as confirmed.
+        self.registered.set(room, conn, false);
+        let removed = self.decide(invocation).await;
+        if removed.is_err()
+            && let Some(stats) = &self.stats
+        {
+            stats.presence_dirty.store(true, Ordering::Release);
+        }
+        removed
     }
 
     /// The KEYS and ARGV every presence script takes (see `scripts`).
@@ -206,31 +212,10 @@ impl RedisPresence {
         summary: Summary,
         left: Bytes,
     ) -> Result<bool, BackendError> {
-        let mut invocation = self.invocation(&PRESENCE_REMOVE, room, &user.user_id, "", conn);
         let channel = self.redis.keys.channel(room);
-        Announce::new(channel, room, user, false, left, None, node_of(conn)).args(&mut invocation);
-        invocation.arg(summary.above);
-        self.registered.set(room, conn, false);
-        let removed = self
-            .redis
-            .timed(async {
-                let mut c = self.redis.conn().await?;
-                let last: i64 = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
-                Ok(last == 1)
-            })
-            .await;
-        self.flag_failed_removal(&removed);
-        removed
-    }
-
-    /// A removal that failed leaves an entry no connection backs: flags
-    /// the node to reconcile.
-    fn flag_failed_removal(&self, removed: &Result<bool, BackendError>) {
-        if removed.is_err()
-            && let Some(stats) = &self.stats
-        {
-            stats.presence_dirty.store(true, Ordering::Release);
-        }
+        let announce = Announce::new(channel, room, user, false, left, None, node_of(conn));
+        self.remove_script(room, &user.user_id, conn, Some((announce, summary)))
+            .await
     }
 }
 
@@ -315,14 +300,14 @@ impl Presence for RedisPresence {
         user: &PresenceUser,
         conn: &str,
     ) -> Result<bool, BackendError> {
-        self.change(true, room, &user.user_id, &user.username, conn)
-            .await
+        let invocation = self.invocation(&PRESENCE_ADD, room, &user.user_id, &user.username, conn);
+        let first = self.decide(invocation).await?;
+        self.registered.set(room, conn, true);
+        Ok(first)
     }
 
     async fn remove(&self, room: &RoomId, user: &UserId, conn: &str) -> Result<bool, BackendError> {
-        let removed = self.change(false, room, user, "", conn).await;
-        self.flag_failed_removal(&removed);
-        removed
+        self.remove_script(room, user, conn, None).await
     }
 
     async fn page(

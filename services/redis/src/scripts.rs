@@ -238,6 +238,26 @@ local function announce(channel, joined, count, above, exact, diff_head, diff_ta
 end
 ";
 
+/// Up to `limit` members of a room by user id from ZRANGEBYLEX `start`
+/// (`-`, or `(<user id>` for after that user), read from its ordered set
+/// `presz` and named from its hash `pres`: a flat `{user, username, ...}`.
+/// O(limit), never the whole room. (`limit` is at most 1000, well within
+/// what `unpack` takes.)
+const PAGE_LUA: &str = r"
+local function page_of(pres, presz, start, limit)
+  local ids = redis.call('ZRANGEBYLEX', presz, start, '+', 'LIMIT', 0, limit)
+  local page = {}
+  if #ids > 0 then
+    local names = redis.call('HMGET', pres, unpack(ids))
+    for i, id in ipairs(ids) do
+      page[2 * i - 1] = id
+      page[2 * i] = names[i] or id
+    end
+  end
+  return page
+end
+";
+
 /// A presence script: the shared steps, then `body`.
 fn presence_script(body: &str) -> Script {
     Script::new(&format!("{EVENT_LUA}{PRESENCE_LUA}{body}"))
@@ -379,7 +399,8 @@ return {2, user[1], user[2]}
 /// online, or in a room of more than the threshold, the first page by user
 /// id (O(page), not O(room)).
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
-    presence_script(
+    presence_script(&format!(
+        "{PAGE_LUA}{}",
         r"
 ctl = ARGV[7]
 redis.call('SADD', KEYS[3], ARGV[4])
@@ -392,38 +413,21 @@ end
 if count <= above then
   return {first, count, redis.call('HGETALL', KEYS[2])}
 end
-local ids = redis.call('ZRANGEBYLEX', KEYS[7], '-', '+', 'LIMIT', 0, ARGV[9])
-local page = {}
-if #ids > 0 then
-  local names = redis.call('HMGET', KEYS[2], unpack(ids))
-  for i, id in ipairs(ids) do
-    page[2 * i - 1] = id
-    page[2 * i] = names[i] or id
-  end
-end
-return {first, count, page}
-",
-    )
+return {first, count, page_of(KEYS[2], KEYS[7], '-', ARGV[9])}
+"
+    ))
 });
 
 /// One page of a room's presence. KEYS: pres, presz. ARGV: the ZRANGEBYLEX
 /// start (`-`, or `(<user id>` for after that user), limit. Returns
 /// `{count, {user, username, ...}}`.
 pub static PRESENCE_PAGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{PAGE_LUA}{}",
         r"
-local ids = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, ARGV[2])
-local page = {}
-if #ids > 0 then
-  local names = redis.call('HMGET', KEYS[1], unpack(ids))
-  for i, id in ipairs(ids) do
-    page[2 * i - 1] = id
-    page[2 * i] = names[i] or id
-  end
-end
-return {redis.call('HLEN', KEYS[1]), page}
-",
-    )
+return {redis.call('HLEN', KEYS[1]), page_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])}
+"
+    ))
 });
 
 /// The pub/sub health round trip's send: a write, then the publish the

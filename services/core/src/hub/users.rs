@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use roomcast_protocol::{RoomId, Timestamp, UserId};
 
-use super::{ConnId, Hub, KillReason, Outbound};
-use crate::outbox::{Outbox, PushError};
+use super::{ConnId, Hub, KillReason, Outbound, offer};
+use crate::outbox::Outbox;
 
 /// What the application asks of a user's multiplexed sockets, carried out
 /// by each socket's own task.
@@ -100,10 +100,8 @@ impl Hub {
                 published_at: Timestamp::now(),
                 to: s.conn,
             };
-            match s.outbox.push(out) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Full) => s.outbox.kill(KillReason::SlowConsumer),
-                Err(PushError::Closed) => {}
+            if offer(&s.outbox, out).is_ok() {
+                delivered += 1;
             }
         }
         delivered
@@ -153,9 +151,8 @@ impl Hub {
                 published_at: Timestamp::now(),
                 to: s.conn,
             };
-            if let Err(PushError::Full) = s.outbox.push(out) {
-                s.outbox.kill(KillReason::SlowConsumer);
-            }
+            // A full queue closes the socket as a slow consumer.
+            let _ = offer(&s.outbox, out);
         }
     }
 

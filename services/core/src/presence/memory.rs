@@ -148,6 +148,25 @@ impl MemoryPresence {
         }
     }
 
+    /// Adds the connection and takes the newcomer's snapshot under one
+    /// lock, announcing a first connection with `joined` (or the diff).
+    fn join_with(
+        &self,
+        room: &RoomId,
+        user: &PresenceUser,
+        conn: &str,
+        summary: Summary,
+        joined: Option<Bytes>,
+    ) -> Joined {
+        let mut state = self.state.lock();
+        let first = self.add_locked(&mut state, room, user, conn);
+        let snapshot = Self::snapshot(&state, room, first, summary);
+        if let Some(joined) = joined.filter(|_| first) {
+            self.announce_change(room, user, true, snapshot.count, summary, joined);
+        }
+        snapshot
+    }
+
     fn add_locked(
         &self,
         state: &mut State,
@@ -257,9 +276,7 @@ impl Presence for MemoryPresence {
         conn: &str,
         summary: Summary,
     ) -> Result<Joined, BackendError> {
-        let mut state = self.state.lock();
-        let first = self.add_locked(&mut state, room, user, conn);
-        Ok(Self::snapshot(&state, room, first, summary))
+        Ok(self.join_with(room, user, conn, summary, None))
     }
 
     async fn join_announced(
@@ -271,13 +288,7 @@ impl Presence for MemoryPresence {
         _broker: &dyn Broker,
         joined: Bytes,
     ) -> Result<Joined, BackendError> {
-        let mut state = self.state.lock();
-        let first = self.add_locked(&mut state, room, user, conn);
-        let snapshot = Self::snapshot(&state, room, first, summary);
-        if first {
-            self.announce_change(room, user, true, snapshot.count, summary, joined);
-        }
-        Ok(snapshot)
+        Ok(self.join_with(room, user, conn, summary, Some(joined)))
     }
 
     async fn leave_announced(

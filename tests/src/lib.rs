@@ -72,15 +72,27 @@ pub fn fixture(name: &str) -> PathBuf {
 /// standard output is `listening on ADDR` (stdout must be piped). The rest of
 /// its output is drained, so it never blocks on a full pipe.
 pub async fn announced_port(child: &mut Child, name: &str) -> u16 {
+    announced_port_and_lines(child, name).await.0
+}
+
+/// [`announced_port`], and the lines the process prints after that one.
+pub async fn announced_port_and_lines(
+    child: &mut Child,
+    name: &str,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let stdout = child.stdout.take().expect("piped stdout");
     // Read on a thread: the pipe is blocking.
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok);
         let _ = tx.send(first);
-        for _ in lines {}
+        // Keep reading after the receiver is gone: the pipe must not fill.
+        for line in lines.map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
     });
     let line = tokio::time::timeout(Duration::from_secs(20), rx)
         .await
@@ -88,10 +100,12 @@ pub async fn announced_port(child: &mut Child, name: &str) -> u16 {
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("{name} exited before listening"));
-    line.strip_prefix("listening on ")
+    let port = line
+        .strip_prefix("listening on ")
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
         .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
-        .port()
+        .port();
+    (port, line_rx)
 }
 
 /// A running edge node: a `roomcast-edge` process, or one in this process.

@@ -388,3 +388,62 @@ async fn a_rooms_stream_failing_for_a_moment_is_retried_and_its_joiner_gets_in()
     );
     assert_eq!(node.metric("roomcast_broker_reconnects_total").await, 0.0);
 }
+
+/// A room whose stream read is slow (here: held in a proxy in front of
+/// Redis until the test lets it go) holds up that room alone. While node A
+/// waits for the slow room's first read, another room on A keeps getting
+/// messages published on node B; the slow room's own message, published
+/// meanwhile, waits for its read and arrives after it, once, in order.
+/// Were the node's pub/sub session to await the read in its loop, the fast
+/// room would get nothing until the release and this test would time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_in_one_room_does_not_hold_up_another() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let b = &nodes[0];
+    let (fast, slow) = (b.room("fast").await, b.room("slow").await);
+    let mut users = Vec::new();
+    for name in ["fa", "fb", "sa", "sb"] {
+        users.push(b.user(name).await);
+    }
+    // Node A reaches Redis through a proxy that holds every request naming
+    // the slow room's stream.
+    let mut proxy =
+        roomcast_tests::DelayProxy::holding(redis.port, &format!("roomcast:log:{slow}")).await;
+    let url = proxy.redis_url();
+    let a = Edge::start(&[("REDIS_URL", url.as_str()), ("NODE_ID", "held")]).await;
+    a.wait_ready().await;
+
+    let (mut fa, _, _) = Client::join(&a.ws_url(&format!("/ws/{fast}/{}", users[0]))).await;
+    let (mut fb, _, _) = Client::join(&b.ws_url(&format!("/ws/{fast}/{}", users[1]))).await;
+    let (mut sb, _, _) = Client::join(&b.ws_url(&format!("/ws/{slow}/{}", users[3]))).await;
+    fa.next_of("user_joined").await;
+
+    // A's first read of the slow room is held.
+    let sa_url = a.ws_url(&format!("/ws/{slow}/{}?since=0", users[2]));
+    let joining = tokio::spawn(async move { Client::join(&sa_url).await });
+    proxy.wait_held().await;
+    sb.send_json(&json!({"content": "slow 1"})).await;
+    assert_eq!(sb.next_of("ack").await["offset"], 1);
+    for i in 1..=5 {
+        fb.send_json(&json!({"content": format!("fast {i}")})).await;
+        let m = fa.next_of("message").await;
+        assert_eq!(m["content"], format!("fast {i}"));
+        assert_eq!(m["offset"], i);
+    }
+    assert!(!joining.is_finished(), "the slow room's read was held");
+
+    proxy.release();
+    let (mut sa, connected, _) = joining.await.unwrap();
+    assert_eq!(connected["recovered"], true, "{connected}");
+    // The message published while the read was held comes once, in order
+    // (by the held live path or by recovery, never both), then the next.
+    sb.send_json(&json!({"content": "slow 2"})).await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("slow 2") {
+        let m = sa.next_of("message").await;
+        got.push(m["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, ["slow 1", "slow 2"]);
+    assert_eq!(a.metric("roomcast_broker_reconnects_total").await, 0.0);
+}

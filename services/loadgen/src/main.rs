@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `delay-proxy --listen ADDR --upstream ADDR --delay-ms N`.
+/// `delay-proxy --listen ADDR --upstream ADDR --delay-ms N [--hold-match TEXT]`.
 async fn delay_proxy(args: &[String]) -> ExitCode {
     let get = |name: &str| {
         args.iter()
@@ -89,7 +89,7 @@ async fn delay_proxy(args: &[String]) -> ExitCode {
     };
     let (Some(upstream), Some(delay)) = (get("--upstream"), get("--delay-ms")) else {
         eprintln!(
-            "usage: roomcast-loadgen delay-proxy --upstream HOST:PORT --delay-ms N [--listen HOST:PORT]"
+            "usage: roomcast-loadgen delay-proxy --upstream HOST:PORT --delay-ms N [--listen HOST:PORT] [--hold-match TEXT]"
         );
         return ExitCode::from(2);
     };
@@ -99,7 +99,26 @@ async fn delay_proxy(args: &[String]) -> ExitCode {
     };
     let listen = get("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let delay = std::time::Duration::from_secs_f64(delay.max(0.0) / 1000.0);
-    match delay::run(&listen, &upstream, delay).await {
+    let hold = get("--hold-match").map(|pattern| {
+        let (release, released) = tokio::sync::watch::channel(false);
+        // Standard input is read on a thread of its own: it blocks.
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "release" => {
+                        let _ = release.send(true);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        delay::Hold {
+            pattern: pattern.into_bytes().into(),
+            released,
+        }
+    });
+    match delay::run(&listen, &upstream, delay, hold).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("roomcast-loadgen delay-proxy: {e}");

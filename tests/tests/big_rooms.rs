@@ -10,11 +10,13 @@ use futures_util::future::join_all;
 use roomcast_tests::{Client, Edge, RedisServer, cluster};
 use serde_json::{Value, json};
 
-/// A room summarised above 3 members, pages of 2, diffs every 100 ms.
+/// A room summarised above 3 members, pages of 2, diffs of at most 2 names
+/// every 100 ms.
 const SMALL_SUMMARY: &[(&str, &str)] = &[
     ("ALLOW_JOIN_AUTO_USERS", "true"),
     ("ROOMCAST__PRESENCE__SUMMARY_ABOVE", "3"),
     ("ROOMCAST__PRESENCE__SUMMARY_PAGE", "2"),
+    ("ROOMCAST__PRESENCE__DIFF_MAX", "2"),
     ("ROOMCAST__PRESENCE__DIFF_INTERVAL_MS", "100"),
 ];
 

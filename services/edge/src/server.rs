@@ -154,7 +154,7 @@ pub async fn run(
 /// and once more when `stop` is cancelled.
 async fn flush_presence_diffs(app: std::sync::Arc<App>, stop: CancellationToken) {
     let every = Duration::from_millis(app.settings.presence.diff_interval_ms);
-    let max_users = app.settings.presence.summary_page;
+    let max_users = app.settings.presence.diff_max;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -287,6 +287,10 @@ pub struct PresenceSettings {
     pub summary_page: usize,
     /// How often a node sends each summarised room's coalesced diff.
     pub diff_interval_ms: u64,
+    /// Users named in one `presence_diff` (0-1000; the rest are counted in
+    /// `omitted`). Every member gets every diff, so this bounds the bytes a
+    /// join or leave costs each of them; 0 sends the count alone.
+    pub diff_max: usize,
     /// Run the dead-node sweeper in this process too. Harmless next to the
     /// `roomcast-presence` service: a lock makes one sweeper lead.
     pub sweeper: bool,
@@ -303,6 +307,7 @@ impl Default for PresenceSettings {
             summary_above: summary.above,
             summary_page: summary.page,
             diff_interval_ms: 250,
+            diff_max: 20,
             sweeper: true,
             heartbeat_ms: 1000,
             lease_ttl_ms: 3000,

@@ -82,6 +82,8 @@ fn bad_values_name_the_setting() {
         err(&[("ROOMCAST__WEBSOCKET__OUTBOUND_QUEUE", "0")]).contains("websocket.outbound_queue")
     );
     assert!(err(&[("ROOMCAST__SERVER__PORT", "x")]).contains("server.port"));
+    assert!(err(&[("ROOMCAST__PRESENCE__SUMMARY_PAGE", "0")]).contains("presence.summary_page"));
+    assert!(err(&[("ROOMCAST__PRESENCE__DIFF_MAX", "1001")]).contains("presence.diff_max"));
     assert!(
         err(&[("ROOMCAST__SERVER__PROT", "1")]).contains("prot"),
         "typos are caught"

@@ -112,6 +112,9 @@ impl Settings {
         if !(1..=1000).contains(&self.presence.summary_page) {
             return Err(bad("presence.summary_page", "expected 1 to 1000"));
         }
+        if self.presence.diff_max > 1000 {
+            return Err(bad("presence.diff_max", "expected 0 to 1000"));
+        }
         if self.presence.lease_ttl_ms < self.presence.heartbeat_ms * 2 {
             return Err(bad(
                 "presence.lease_ttl_ms",

@@ -2,10 +2,10 @@
 //! read the next frame or the next of a type, expect silence, see how the
 //! socket closed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -39,6 +39,58 @@ impl Closed {
 }
 
 impl Client {
+    /// Sends messages `ids` (content `msg {i}`, `client_id` `m-{i}`) and retries each, with the same
+    /// `client_id`, until it is acknowledged: after an `error` frame for it, or
+    /// after `patience` without an answer. Returns the ack of each and the
+    /// error codes it saw.
+    pub async fn send_until_acked(
+        c: &mut Client,
+        ids: std::ops::Range<usize>,
+        gap: Duration,
+        patience: Duration,
+    ) -> (Vec<Value>, Vec<Value>) {
+        let mut acks = Vec::new();
+        let mut errors = Vec::new();
+        for i in ids {
+            let id = format!("m-{i}");
+            let frame = json!({"type": "message", "content": format!("msg {i}"), "client_id": id});
+            let started = Instant::now();
+            'retry: loop {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{id} never acknowledged"
+                );
+                c.send_json(&frame).await;
+                let deadline = Instant::now() + patience;
+                while let Some(f) = c
+                    .next_json_within(deadline.saturating_duration_since(Instant::now()))
+                    .await
+                {
+                    match f["type"].as_str() {
+                        Some("ack") if f["client_id"] == id.as_str() => {
+                            acks.push(f);
+                            break 'retry;
+                        }
+                        Some("error") => {
+                            assert_eq!(
+                                f["client_id"],
+                                id.as_str(),
+                                "errors name the refused frame: {f}"
+                            );
+                            errors.push(f);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue 'retry;
+                        }
+                        // Acks of earlier attempts, messages, presence.
+                        _ => {}
+                    }
+                }
+            }
+            tokio::time::sleep(gap).await;
+        }
+        (acks, errors)
+    }
+
     /// Connects with extra request headers.
     pub async fn connect_with(
         url: &str,

@@ -14,6 +14,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// Further `redis-server` arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -33,7 +35,30 @@ impl RedisServer {
     /// picked and released first; if another process takes it in between,
     /// our server fails to start (or another answers there), and the start
     /// is tried again on another port.
+    /// Starts a replica of `primary` and waits until it is in sync.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let extra = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ];
+        let replica = Self::start_args(false, extra).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
     async fn start_with(persistent: bool) -> RedisServer {
+        Self::start_args(persistent, Vec::new()).await
+    }
+
+    async fn start_args(persistent: bool, extra: Vec<String>) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!(
@@ -46,6 +71,7 @@ impl RedisServer {
                 port,
                 dir,
                 persistent,
+                extra: extra.clone(),
                 child: None,
             };
             if server.spawn().await {
@@ -72,6 +98,7 @@ impl RedisServer {
         ])
         .args(["--dir", self.dir.to_str().expect("utf-8 path")])
         .args(["--daemonize", "no", "--loglevel", "warning"])
+        .args(&self.extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if self.persistent {

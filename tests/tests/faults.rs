@@ -27,58 +27,6 @@ async fn drain(c: &mut Client, within: Duration) -> Vec<Value> {
     }
 }
 
-/// A client that sends `n` messages and retries each, with the same
-/// `client_id`, until it is acknowledged: after an `error` frame for it, or
-/// after `patience` without an answer. Returns the ack of each and the
-/// error codes it saw.
-async fn send_until_acked(
-    c: &mut Client,
-    n: usize,
-    gap: Duration,
-    patience: Duration,
-) -> (Vec<Value>, Vec<Value>) {
-    let mut acks = Vec::new();
-    let mut errors = Vec::new();
-    for i in 0..n {
-        let id = format!("m-{i}");
-        let frame = json!({"type": "message", "content": format!("msg {i}"), "client_id": id});
-        let started = Instant::now();
-        'retry: loop {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{id} never acknowledged"
-            );
-            c.send_json(&frame).await;
-            let deadline = Instant::now() + patience;
-            while let Some(f) = c
-                .next_json_within(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
-                match f["type"].as_str() {
-                    Some("ack") if f["client_id"] == id.as_str() => {
-                        acks.push(f);
-                        break 'retry;
-                    }
-                    Some("error") => {
-                        assert_eq!(
-                            f["client_id"],
-                            id.as_str(),
-                            "errors name the refused frame: {f}"
-                        );
-                        errors.push(f);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue 'retry;
-                    }
-                    // Acks of earlier attempts, messages, presence.
-                    _ => {}
-                }
-            }
-        }
-        tokio::time::sleep(gap).await;
-    }
-    (acks, errors)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_through_a_frozen_redis_store_each_message_once() {
     let redis = RedisServer::start_persistent().await;
@@ -101,9 +49,9 @@ async fn retries_through_a_frozen_redis_store_each_message_once() {
     };
     let n = 60;
     let ((acks, errors), ()) = tokio::join!(
-        send_until_acked(
+        Client::send_until_acked(
             &mut a,
-            n,
+            0..n,
             Duration::from_millis(100),
             Duration::from_secs(4)
         ),

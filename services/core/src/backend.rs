@@ -35,6 +35,13 @@ pub struct BackendStats {
     /// Reads of one room's stream by the pub/sub session that failed and
     /// were retried (or, after the last attempt, gave the room up).
     pub room_read_failures: AtomicU64,
+    /// Rooms whose stream was found behind what this node had delivered
+    /// (Redis lost acknowledged writes: a failover to a replica that had
+    /// not received them, a restart from an old snapshot); their clients
+    /// were told to resync.
+    pub history_rewinds: AtomicU64,
+    /// Times the Redis primary moved (Sentinel mode).
+    pub redis_primary_changes: AtomicU64,
     /// Sweeps of dead nodes' presence run by this process.
     pub presence_sweeps: AtomicU64,
     /// Users announced left because their node died.

@@ -117,9 +117,12 @@ impl Deps {
             telemetry,
             hub,
         } = observed_hub(&settings)?;
-        let url = settings.redis.url.clone().unwrap_or_default();
+        let target = settings.redis_target().ok_or_else(|| ConfigError {
+            name: "REDIS_URL (redis.url)".into(),
+            problem: "required for the Redis backend".into(),
+        })?;
         let opts = RedisOptions {
-            url,
+            target,
             key_prefix: settings.redis.key_prefix.clone(),
             node_id: node_id.clone(),
             history: settings.history_options(),
@@ -132,7 +135,7 @@ impl Deps {
         };
         let (backend, tasks) = roomcast_redis::start(&opts, hub.clone(), backend_shutdown)
             .map_err(|e| ConfigError {
-                name: "REDIS_URL (redis.url)".into(),
+                name: "REDIS_URL / REDIS_SENTINELS".into(),
                 problem: e.to_string(),
             })?;
         Ok((

@@ -69,6 +69,14 @@ const FLAT: &[(&str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("REDIS_URL", "redis.url", Kind::Text),
+    ("REDIS_SENTINELS", "redis.sentinels", Kind::Text),
+    ("REDIS_SENTINEL_MASTER", "redis.sentinel_master", Kind::Text),
+    ("REDIS_PASSWORD", "redis.password", Kind::Secret),
+    (
+        "REDIS_SENTINEL_PASSWORD",
+        "redis.sentinel_password",
+        Kind::Secret,
+    ),
     (
         "ALLOW_WEBSOCKET_AUTO_ROOMS",
         "rooms.allow_websocket_auto_rooms",
@@ -252,6 +260,27 @@ impl Settings {
         }
     }
 
+    /// The Redis to run on (`REDIS_URL`, or Sentinel); `None`: embedded.
+    pub fn redis_target(&self) -> Option<roomcast_redis::target::TargetSpec> {
+        use roomcast_redis::target::TargetSpec;
+        let r = &self.redis;
+        if let Some(url) = &r.url {
+            return Some(TargetSpec::Url(url.clone()));
+        }
+        let sentinels = r.sentinels.as_ref()?;
+        Some(TargetSpec::Sentinel {
+            sentinels: sentinels
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            master: r.sentinel_master.clone().unwrap_or_default(),
+            password: r.password.clone(),
+            sentinel_password: r.sentinel_password.clone(),
+        })
+    }
+
     /// Where rooms' presence becomes summarised.
     pub fn presence_summary(&self) -> roomcast_core::presence::Summary {
         roomcast_core::presence::Summary {
@@ -290,6 +319,8 @@ impl Settings {
         mask(&mut s.auth.server_api_key);
         mask(&mut s.hooks.secret);
         mask(&mut s.webhooks.secret);
+        mask(&mut s.redis.password);
+        mask(&mut s.redis.sentinel_password);
         if let Some(url) = &mut s.redis.url {
             *url = mask_url_password(url);
         }

@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     // The backend's own tasks stop after the drain, not at its start: the
     // drain still publishes `user_left` and updates presence.
     let backend_token = CancellationToken::new();
-    let built = if settings.redis.url.is_some() {
+    let built = if settings.redis_target().is_some() {
         Deps::redis(settings, backend_token.clone()).map(|(d, t)| (d, Some(t)))
     } else {
         Deps::memory(settings).map(|d| (d, None))

@@ -330,7 +330,17 @@ pub struct BackendCounters {
 
 type Read = fn(&BackendStats) -> &AtomicU64;
 
-const BACKEND_COUNTERS: [(&str, &str, Read); 6] = [
+const BACKEND_COUNTERS: [(&str, &str, Read); 8] = [
+    (
+        "roomcast_history_rewinds_total",
+        "Rooms whose Redis stream was found behind what this node had delivered (writes lost by a failover or restart); their clients were told to resync.",
+        |s| &s.history_rewinds,
+    ),
+    (
+        "roomcast_redis_primary_changes_total",
+        "Times this node followed the Redis primary to a new address (Sentinel failovers seen).",
+        |s| &s.redis_primary_changes,
+    ),
     (
         "roomcast_broker_reconnects_total",
         "Times this node re-established its pub/sub connection.",

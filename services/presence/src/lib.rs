@@ -35,7 +35,7 @@ pub use roomcast_edge::config::ConfigError;
 /// before (`ROOMCAST_KEY_PREFIX`, `PRESENCE_SWEEP_INTERVAL_MS`) still work.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub redis_url: String,
+    pub target: roomcast_redis::target::TargetSpec,
     pub key_prefix: String,
     pub timing: Timing,
     /// The webhook events the sweep records (those the edges record).
@@ -67,12 +67,12 @@ impl Options {
     }
 
     pub fn from_settings(settings: &Settings) -> Result<Options, ConfigError> {
-        let redis_url = settings.redis.url.clone().ok_or_else(|| ConfigError {
+        let target = settings.redis_target().ok_or_else(|| ConfigError {
             name: "REDIS_URL (redis.url)".into(),
-            problem: "required: the Redis the edge nodes use".into(),
+            problem: "required (or REDIS_SENTINELS): the Redis the edge nodes use".into(),
         })?;
         Ok(Options {
-            redis_url,
+            target,
             key_prefix: settings.redis.key_prefix.clone(),
             timing: settings.presence_timing(),
             events: settings.webhook_recording(),
@@ -94,14 +94,21 @@ pub async fn run(
     opts: Options,
     shutdown: CancellationToken,
 ) -> Result<(), ConfigError> {
-    let redis = Redis::new(&opts.redis_url, &opts.key_prefix, 4)
-        .map_err(|e| ConfigError {
-            name: "REDIS_URL (redis.url)".into(),
+    let target =
+        roomcast_redis::target::Target::new(opts.target.clone()).map_err(|e| ConfigError {
+            name: "REDIS_URL / REDIS_SENTINELS".into(),
             problem: e.to_string(),
-        })?
+        })?;
+    let target = Arc::new(target);
+    let redis = Redis::on(target.clone(), &opts.key_prefix, 4)
         .with_recording(opts.events)
         .with_summary(opts.summary);
     let stats = Arc::new(BackendStats::default());
+    let follow = tokio::spawn(roomcast_redis::target::watch(
+        target,
+        stats.clone(),
+        shutdown.clone(),
+    ));
     let registry = Registry::new();
     registry
         .register(Box::new(BackendCounters::sweeper(stats.clone())))
@@ -141,6 +148,7 @@ pub async fn run(
         tracing::error!(error = %e, "http server failed");
     }
     let _ = sweeper.await;
+    let _ = follow.await;
     Ok(())
 }
 
@@ -148,7 +156,7 @@ async fn ready(State(svc): State<Arc<Service>>) -> Response {
     let ok = svc
         .redis
         .timed(async {
-            let mut c = svc.redis.checked_conn().await?;
+            let (mut c, _) = svc.redis.connect().await?;
             roomcast_redis::redis_ping(&mut c).await
         })
         .await

@@ -1,26 +1,27 @@
 //! The command side: a few long-lived multiplexed connections ("lanes")
-//! drawn from a deadpool, with a deadline on every operation so that an
-//! unreachable Redis turns into a quick `unavailable` instead of a hung
-//! request.
+//! to the current primary ([`crate::target`]), with a deadline on every
+//! operation so that an unreachable Redis turns into a quick `unavailable`
+//! instead of a hung request.
 //!
-//! Why lanes instead of a pool checkout per command: deadpool-redis checks
-//! every connection it hands out with an `UNWATCH` + `PING` round trip, which
-//! doubled the Redis work of every operation (a connect makes four). A
+//! Why lanes instead of a pool checkout per command: a pool (deadpool-redis
+//! was used first) checks every connection it hands out with an `UNWATCH` +
+//! `PING` round trip, which doubled the Redis work of every operation. A
 //! multiplexed connection is made to be shared: concurrent commands on it
-//! are pipelined into one socket. So each lane keeps its pool object for as
-//! long as the connection works, and every command rides a clone of it. A
-//! command that finds its connection broken marks the lane; the next
-//! command on that lane takes a fresh (checked) connection from the pool,
-//! and the broken one goes back to be recycled, which discards it. No
-//! command here blocks or uses `WATCH`/`MULTI`, which a shared connection
-//! would not allow.
+//! are pipelined into one socket. So each lane keeps its connection for as
+//! long as it works, and every command rides a clone of it. A command that
+//! finds its connection broken marks the lane, and so does one refused as
+//! `READONLY` (the primary was demoted: the target is asked to look again);
+//! a lane opened under an older primary generation counts as broken too.
+//! The next command on a broken lane opens a fresh connection, one at a
+//! time per lane (a storm of commands on a dead lane opens one, not
+//! thousands). No command here blocks or uses `WATCH`/`MULTI`, which a
+//! shared connection would not allow.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
@@ -28,6 +29,7 @@ use roomcast_core::BackendError;
 use roomcast_core::events::Recording;
 
 use crate::keys::Keys;
+use crate::target::Target;
 
 /// Lanes per process (at most the pool size). Fewer lanes pipeline more
 /// commands per syscall on both ends (measured on a connect storm: one lane
@@ -64,10 +66,10 @@ pub fn write_error(e: RedisError) -> BackendError {
 /// Shared handle to Redis for commands (not pub/sub).
 #[derive(Clone)]
 pub struct Redis {
-    pool: Pool,
     lanes: Arc<Lanes>,
     pub keys: Keys,
-    pub client: redis::Client,
+    /// Where the primary is; the pub/sub session connects through it too.
+    pub target: Arc<Target>,
     /// Which webhook events this process's scripts record.
     pub recording: Recording,
     /// How the sweeper and reconciliation announce leaves in big rooms
@@ -78,12 +80,12 @@ pub struct Redis {
 struct Lanes {
     /// The lock is only held to clone or replace an entry, never across an
     /// `.await`.
-    slots: Box<[Mutex<Option<Held>>]>,
+    slots: Box<[Mutex<Option<Lane>>]>,
+    /// One connect at a time per lane (held across the connect: an async
+    /// lock).
+    connecting: Box<[tokio::sync::Mutex<()>]>,
     next: AtomicUsize,
 }
-
-/// A lane's pool object (so the pool counts it as in use) and the lane.
-type Held = (Arc<Connection>, Lane);
 
 /// A clone of a lane's multiplexed connection: what commands run on. It
 /// marks its lane broken when the connection fails under it.
@@ -91,24 +93,44 @@ type Held = (Arc<Connection>, Lane);
 pub struct Lane {
     conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    /// The primary generation it was opened under.
+    generation: u64,
+    target: Arc<Target>,
 }
 
 impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lane")
             .field("broken", &self.broken.load(Ordering::Relaxed))
+            .field("generation", &self.generation)
             .finish()
     }
 }
 
 impl Lane {
     fn check<T>(&self, r: &Result<T, RedisError>) {
-        if let Err(e) = r
-            && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
-        {
+        let Err(e) = r else { return };
+        if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
             self.broken.store(true, Ordering::Relaxed);
+        } else if is_read_only(e) {
+            // A demoted primary still answering: never write to it again.
+            self.broken.store(true, Ordering::Relaxed);
+            self.target.suspect();
         }
     }
+
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && self.generation == self.target.generation()
+    }
+}
+
+/// A write refused because the server is a replica (also from inside a
+/// script, where the error may come wrapped).
+fn is_read_only(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    ) || e.to_string().contains("READONLY")
 }
 
 impl ConnectionLike for Lane {
@@ -147,46 +169,29 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    /// Builds the pool. Nothing connects yet: a Redis that is down at start
-    /// shows as not ready, and the node recovers when it comes up.
-    pub fn new(url: &str, prefix: &str, max_size: usize) -> Result<Redis, BackendError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        // redis-rs gives multiplexed connections a 500 ms response timeout
-        // of its own by default. Under load (a command queued behind large
-        // history replies) that fired long before our deadline, failed the
-        // command as an I/O error and tore its lane down, turning a slow
-        // moment into a cascade. Our deadline is the one: `timed` and
-        // `timed_write` bound every operation at OP_TIMEOUT.
-        let conn_config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(OP_TIMEOUT));
-        let manager =
-            deadpool_redis::Manager::new_with_config(url, conn_config).map_err(unavailable)?;
-        let mut pool = PoolConfig::new(max_size);
-        pool.timeouts = Timeouts {
-            wait: Some(OP_TIMEOUT),
-            create: Some(OP_TIMEOUT),
-            recycle: Some(OP_TIMEOUT),
-        };
-        let pool = Pool::builder(manager)
-            .config(pool)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(unavailable)?;
+    /// Commands on the Redis at `url`. Nothing connects yet: a Redis that
+    /// is down at start shows as not ready, and the node recovers when it
+    /// comes up.
+    pub fn new(url: &str, prefix: &str, max_lanes: usize) -> Result<Redis, BackendError> {
+        let target = Target::new(crate::target::TargetSpec::Url(url.to_owned()))?;
+        Ok(Self::on(Arc::new(target), prefix, max_lanes))
+    }
+
+    /// Commands on whatever primary `target` names.
+    pub fn on(target: Arc<Target>, prefix: &str, max_lanes: usize) -> Redis {
+        let n = LANES.min(max_lanes).max(1);
         let lanes = Lanes {
-            slots: (0..LANES.min(max_size).max(1))
-                .map(|_| Mutex::new(None))
-                .collect(),
+            slots: (0..n).map(|_| Mutex::new(None)).collect(),
+            connecting: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
             next: AtomicUsize::new(0),
         };
-        Ok(Redis {
-            pool,
+        Redis {
             lanes: Arc::new(lanes),
             keys: Keys::new(prefix),
-            client,
+            target,
             recording: Recording::OFF,
             summary: Default::default(),
-        })
+        }
     }
 
     /// The same Redis, with scripts recording the webhook events `r` names.
@@ -214,31 +219,56 @@ impl Redis {
     }
 
     /// A connection to run commands on: the next lane's, or a fresh one
-    /// from the pool when that lane has none or it broke.
+    /// when that lane has none, it broke, or the primary moved.
     pub async fn conn(&self) -> Result<Lane, BackendError> {
-        let slots = &self.lanes.slots;
-        let slot = &slots[self.lanes.next.fetch_add(1, Ordering::Relaxed) % slots.len()];
-        if let Some((_, lane)) = &*slot.lock()
-            && !lane.broken.load(Ordering::Relaxed)
+        let lanes = &self.lanes;
+        let i = lanes.next.fetch_add(1, Ordering::Relaxed) % lanes.slots.len();
+        if let Some(lane) = &*lanes.slots[i].lock()
+            && lane.usable()
         {
             return Ok(lane.clone());
         }
-        let obj = self.pool.get().await.map_err(unavailable)?;
+        let _one_at_a_time = lanes.connecting[i].lock().await;
+        // Someone else may have connected while we waited.
+        if let Some(lane) = &*lanes.slots[i].lock()
+            && lane.usable()
+        {
+            return Ok(lane.clone());
+        }
+        let (conn, generation) = self.connect().await?;
         let lane = Lane {
-            conn: (*obj).clone(),
+            conn,
             broken: Arc::default(),
+            generation,
+            target: self.target.clone(),
         };
-        // Two commands may both have found the lane empty: the last one's
-        // connection stays, the other goes back to the pool when its
-        // clones are dropped.
-        *slot.lock() = Some((Arc::new(obj), lane.clone()));
+        *lanes.slots[i].lock() = Some(lane.clone());
         Ok(lane)
     }
 
-    /// A connection of its own from the pool, checked with a `PING` on the
-    /// way out (for readiness checks, which must see a fresh connection).
-    pub async fn checked_conn(&self) -> Result<Connection, BackendError> {
-        self.pool.get().await.map_err(unavailable)
+    /// A fresh connection to the current primary, and the generation it
+    /// belongs to (also for readiness checks, which must not reuse a lane).
+    pub async fn connect(&self) -> Result<(MultiplexedConnection, u64), BackendError> {
+        // redis-rs gives multiplexed connections a 500 ms response timeout
+        // of its own by default. Under load (a command queued behind large
+        // history replies) that fired long before our deadline, failed the
+        // command as an I/O error and tore its lane down, turning a slow
+        // moment into a cascade. Our deadline is the one: `timed` and
+        // `timed_write` bound every operation at OP_TIMEOUT.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(OP_TIMEOUT));
+        let connect = async {
+            let (client, generation) = self.target.client().await?;
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable)?;
+            Ok((conn, generation))
+        };
+        tokio::time::timeout(OP_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("connecting to redis timed out")))
     }
 
     /// `PUBLISH channel payload`, with the operation deadline.

@@ -2,7 +2,8 @@
 //! `roomcast-core` implemented on one Redis, so any number of edge nodes
 //! behave as one chat server.
 //!
-//! - [`client`]: the command pool (deadpool-redis) with per-operation deadlines.
+//! - [`client`]: the command connections (lanes) with per-operation deadlines.
+//! - [`target`]: where the primary is (a URL, or Sentinel), across failovers.
 //! - [`keys`]: every key and channel name.
 //! - [`scripts`]: the Lua scripts behind each atomic step.
 //! - [`store`], [`history`], [`presence`]: the trait implementations.
@@ -23,6 +24,7 @@ pub mod presence;
 pub mod pubsub;
 pub mod scripts;
 pub mod store;
+pub mod target;
 
 use std::sync::Arc;
 
@@ -38,7 +40,7 @@ pub use liveness::Timing;
 /// What a node needs to run on Redis.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    pub url: String,
+    pub target: target::TargetSpec,
     pub key_prefix: String,
     pub node_id: String,
     pub history: roomcast_core::history::HistoryOptions,
@@ -76,7 +78,8 @@ pub fn start(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> Result<(Backend, RedisTasks), BackendError> {
-    let redis = Redis::new(&opts.url, &opts.key_prefix, opts.pool_size)?
+    let target = Arc::new(target::Target::new(opts.target.clone())?);
+    let redis = Redis::on(target.clone(), &opts.key_prefix, opts.pool_size)
         .with_recording(opts.events)
         .with_summary(opts.summary);
     let stats = Arc::new(BackendStats::default());
@@ -106,6 +109,7 @@ pub fn start(
         stats: stats.clone(),
     };
     let tracker = TaskTracker::new();
+    tracker.spawn(target::watch(target, stats.clone(), shutdown.clone()));
     let session = pubsub::PubSubSession::new(
         redis.clone(),
         Arc::new(history),
@@ -133,8 +137,8 @@ pub fn start(
     Ok((backend, RedisTasks { tracker }))
 }
 
-/// `PING` on a pooled connection (for readiness checks).
-pub async fn redis_ping(c: &mut deadpool_redis::Connection) -> Result<(), BackendError> {
+/// `PING` on a connection (for readiness checks).
+pub async fn redis_ping(c: &mut redis::aio::MultiplexedConnection) -> Result<(), BackendError> {
     redis::cmd("PING")
         .query_async::<String>(c)
         .await

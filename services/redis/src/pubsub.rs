@@ -24,6 +24,12 @@
 //! Subscription requests wait in a bounded queue (`broker::COMMAND_QUEUE`);
 //! past it a subscribe is refused at once.
 //!
+//! The session connects to the primary the target names
+//! ([`crate::target`]) and starts over when it moves (a Sentinel failover),
+//! catching every room up from the new primary's streams; a room whose
+//! stream is found behind what the node delivered lost writes in the
+//! failover, and its clients are told to resync.
+//!
 //! Health is a round trip, not a PING: every second the task publishes to
 //! its node's own channel through the command connections, in a script that
 //! also writes a key (so a Redis that relays publishes but refuses the
@@ -111,6 +117,8 @@ enum PubSubError {
     Closed,
     #[error("round trip not completed in {0:?}")]
     RoundTrip(Duration),
+    #[error("the redis primary moved")]
+    PrimaryMoved,
 }
 
 impl<S: Streams> PubSubSession<S> {
@@ -197,7 +205,8 @@ impl<S: Streams> PubSubSession<S> {
     }
 
     async fn serve(&mut self) -> Result<(), PubSubError> {
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.redis.client.get_async_pubsub())
+        let (client, generation) = self.redis.target.client().await?;
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| PubSubError::ConnectTimeout)??;
         let (mut sink, mut stream) = pubsub.split();
@@ -278,6 +287,11 @@ impl<S: Streams> PubSubSession<S> {
                     }
                 }
                 _ = tick.tick() => {
+                    // A failover: what this connection hears may be a
+                    // demoted primary's; start over on the new one.
+                    if self.redis.target.generation() != generation {
+                        return Err(PubSubError::PrimaryMoved);
+                    }
                     if let Some(since) = waiting_since {
                         if since.elapsed() > ROUND_TRIP_DEADLINE {
                             return Err(PubSubError::RoundTrip(ROUND_TRIP_DEADLINE));

@@ -30,7 +30,7 @@ roomcast_core::backend_suite!(|| async {
     let token = shutdown.clone();
     let make = move |hub, history| {
         let opts = RedisOptions {
-            url: url.clone(),
+            target: roomcast_redis::target::TargetSpec::Url(url.clone()),
             key_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
             node_id: "node-test".into(),
             history,

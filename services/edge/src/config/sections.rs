@@ -256,11 +256,21 @@ pub struct HistorySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// Unset: the embedded single-node backend.
+    /// One Redis. Unset (and no `sentinels`): the embedded single-node
+    /// backend.
     pub url: Option<String>,
+    /// Sentinel mode: `host:port,host:port,...` of the sentinels that
+    /// watch `sentinel_master` (instead of `url`).
+    pub sentinels: Option<String>,
+    /// The master group's name the sentinels know.
+    pub sentinel_master: Option<String>,
+    /// `AUTH` for the primary Sentinel names (with `url`, put it in the URL).
+    pub password: Option<String>,
+    /// `AUTH` for the sentinels themselves.
+    pub sentinel_password: Option<String>,
     /// Prefix of every key and channel (several clusters can share a Redis).
     pub key_prefix: String,
-    /// Pooled command connections per node.
+    /// The most command connections a node opens (it uses two).
     pub pool_size: usize,
 }
 
@@ -268,6 +278,10 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            sentinels: None,
+            sentinel_master: None,
+            password: None,
+            sentinel_password: None,
             key_prefix: "roomcast".into(),
             pool_size: 32,
         }

@@ -154,6 +154,36 @@ impl Settings {
                 "expected a redis:// or rediss:// URL",
             ));
         }
+        let r = &self.redis;
+        if let Some(sentinels) = &r.sentinels {
+            if r.url.is_some() {
+                return Err(bad(
+                    "REDIS_SENTINELS (redis.sentinels)",
+                    "set REDIS_URL or REDIS_SENTINELS, not both",
+                ));
+            }
+            let addrs: Vec<&str> = sentinels.split(',').map(str::trim).collect();
+            if addrs.iter().any(|a| {
+                a.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return Err(bad(
+                    "REDIS_SENTINELS (redis.sentinels)",
+                    "expected host:port,host:port,...",
+                ));
+            }
+            if r.sentinel_master.as_deref().is_none_or(str::is_empty) {
+                return Err(bad(
+                    "REDIS_SENTINEL_MASTER (redis.sentinel_master)",
+                    "required with REDIS_SENTINELS: the master group's name",
+                ));
+            }
+        } else if r.sentinel_master.is_some() {
+            return Err(bad(
+                "REDIS_SENTINELS (redis.sentinels)",
+                "required with REDIS_SENTINEL_MASTER",
+            ));
+        }
         for origin in self.allowed_origins() {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(bad(

@@ -106,6 +106,20 @@ pub(super) async fn run<S: Streams>(
                 last: pos.offset,
             }));
         }
+        if pos.offset < cursor.last {
+            // The stream went back: Redis lost writes this node had
+            // delivered (a failover to a replica that never got them, a
+            // restart from an old snapshot). The offsets after `pos` will
+            // be reused for other messages, which the cursor would drop as
+            // seen: start the room over, and its clients recover from what
+            // history now holds.
+            tracing::warn!(%room, delivered = cursor.last, stored = pos.offset, "room history went back (writes lost by redis); asking its clients to resync");
+            BackendStats::add(&stats.history_rewinds, 1);
+            return Ok(Outcome::Reset(Cursor {
+                epoch: pos.epoch,
+                last: pos.offset,
+            }));
+        }
         let mut n = 0;
         for (offset, frame) in frames.into_iter().filter(|(o, _)| *o <= until) {
             if offset != cursor.last + 1 {

@@ -181,7 +181,12 @@ impl Client {
 
     /// Reads until the socket closes (skipping data frames); how it closed.
     pub async fn closed(&mut self) -> Closed {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.closed_within(Duration::from_secs(15)).await
+    }
+
+    /// [`Client::closed`], waiting at most `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("socket did not close"),

@@ -1,9 +1,11 @@
 //! Redis high availability with Sentinel: three edges find the primary
-//! through three sentinels, and when it is killed (`kill -9`) and its
-//! replica promoted, they follow: `/ready` is 503 only while there is no
-//! primary, publishes retried with their `client_id` are acknowledged on
-//! the new one, and every acknowledged message reaches every member of its
-//! room once, in order, and is in history.
+//! through three sentinels, and when it is killed (`kill -9`) and a replica
+//! promoted, they follow: `/ready` is 503 only while there is no primary,
+//! publishes retried with their `client_id` are acknowledged on the new one.
+//! With `redis.ack_replicas` every acknowledged message reaches every
+//! member of its room once, in order, and is in history, though the kill
+//! comes in the middle of the traffic; without it, writes the promoted
+//! replica never got are detected, counted and their rooms resynced.
 
 #![allow(clippy::print_stdout)]
 
@@ -12,9 +14,92 @@ use std::time::{Duration, Instant};
 use roomcast_tests::{Client, Edge, MASTER, RedisServer, Sentinel, sentinels_env};
 use serde_json::Value;
 
-const ROOMS: usize = 4;
-const BEFORE: usize = 10;
-const AFTER: usize = 10;
+/// A primary, its replicas, three sentinels, three edges; rooms each with a
+/// member on every edge and a publisher on one of them.
+struct Ha {
+    primary: RedisServer,
+    replicas: Vec<RedisServer>,
+    sentinels: Vec<Sentinel>,
+    edges: Vec<Edge>,
+    rooms: Vec<String>,
+    members: Vec<Vec<Client>>,
+    publishers: Vec<Client>,
+}
+
+async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
+    let primary = RedisServer::start().await;
+    let mut rs = Vec::new();
+    for _ in 0..replicas {
+        rs.push(RedisServer::start_replica_of(&primary).await);
+    }
+    let sentinels = Sentinel::start_group(3, &primary, replicas).await;
+    let env = sentinels_env(&sentinels);
+    let mut edges = Vec::new();
+    for i in 0..3 {
+        let id = format!("sentinel-{i}");
+        let mut vars = vec![
+            ("REDIS_SENTINELS", env.as_str()),
+            ("REDIS_SENTINEL_MASTER", MASTER),
+            ("NODE_ID", id.as_str()),
+            // Leases outlive the failover (see docs/deploy.md).
+            ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "15000"),
+        ];
+        vars.extend_from_slice(extra);
+        let e = Edge::start(&vars).await;
+        e.wait_ready().await;
+        edges.push(e);
+    }
+    let (mut members, mut publishers, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rooms {
+        let room = edges[0].room(&format!("ha-{r}")).await;
+        let mut these = Vec::new();
+        for (i, e) in edges.iter().enumerate() {
+            let u = e.user(&format!("m{r}-{i}")).await;
+            let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{u}"))).await;
+            these.push(c);
+        }
+        let e = &edges[r % 3];
+        let p = e.user(&format!("p{r}")).await;
+        let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{p}"))).await;
+        members.push(these);
+        publishers.push(c);
+        names.push(room);
+    }
+    Ha {
+        primary,
+        replicas: rs,
+        sentinels,
+        edges,
+        rooms: names,
+        members,
+        publishers,
+    }
+}
+
+/// Every publisher sends `ids` at once (one task each), each message
+/// retried with its `client_id` until acknowledged.
+async fn publish_all(
+    publishers: Vec<Client>,
+    ids: std::ops::Range<usize>,
+    gap: Duration,
+) -> Vec<(Client, Vec<Value>, Vec<Value>)> {
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .map(|mut c| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let (acks, errors) =
+                    Client::send_until_acked(&mut c, ids, gap, Duration::from_secs(3)).await;
+                (c, acks, errors)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
 
 /// Reads `c`'s messages until it has `n`; their client ids and offsets.
 async fn messages(c: &mut Client, n: usize) -> Vec<(String, u64)> {
@@ -34,160 +119,157 @@ async fn messages(c: &mut Client, n: usize) -> Vec<(String, u64)> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edges_follow_a_sentinel_failover_and_lose_nothing_acknowledged() {
-    let mut primary = RedisServer::start().await;
-    let replica = RedisServer::start_replica_of(&primary).await;
-    let sentinels = Sentinel::start_group(3, &primary, 1).await;
-    let env = sentinels_env(&sentinels);
-    let mut edges = Vec::new();
-    for i in 0..3 {
-        let id = format!("sentinel-{i}");
-        let e = Edge::start(&[
-            ("REDIS_SENTINELS", env.as_str()),
-            ("REDIS_SENTINEL_MASTER", MASTER),
-            ("NODE_ID", id.as_str()),
-            // Leases outlive the failover (see docs/deploy.md).
-            ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "15000"),
-        ])
-        .await;
-        e.wait_ready().await;
-        edges.push(e);
-    }
-
-    // Each room: a member on every edge, a publisher on one of them.
-    let mut members = Vec::new();
-    let mut publishers = Vec::new();
-    let mut rooms = Vec::new();
-    for r in 0..ROOMS {
-        let room = edges[0].room(&format!("ha-{r}")).await;
-        let mut these = Vec::new();
-        for (i, e) in edges.iter().enumerate() {
-            let u = e.user(&format!("m{r}-{i}")).await;
-            let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{u}"))).await;
-            these.push(c);
-        }
-        let e = &edges[r % 3];
-        let p = e.user(&format!("p{r}")).await;
-        let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{p}"))).await;
-        members.push(these);
-        publishers.push(c);
-        rooms.push(room);
-    }
-
-    let publish_all = |publishers: Vec<Client>, ids: std::ops::Range<usize>| async move {
-        let tasks: Vec<_> = publishers
-            .into_iter()
-            .map(|mut c| {
-                let ids = ids.clone();
-                tokio::spawn(async move {
-                    let (acks, errors) = Client::send_until_acked(
-                        &mut c,
-                        ids,
-                        Duration::from_millis(20),
-                        Duration::from_secs(3),
-                    )
-                    .await;
-                    (c, acks, errors)
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
-    };
-    let done = publish_all(publishers, 0..BEFORE).await;
-    let publishers: Vec<Client> = done.into_iter().map(|(c, _, _)| c).collect();
-
-    // The replica has every write (the replica option of `ack` will wait
-    // for this per message; here the test waits once), then the primary
-    // dies with its sockets.
-    let offset = |s: &RedisServer, field: &str| -> u64 {
-        s.cli(&["INFO", "replication"])
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while offset(&replica, "slave_repl_offset") < offset(&primary, "master_repl_offset") {
-        assert!(Instant::now() < deadline, "the replica never caught up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    primary.kill();
-    let killed = Instant::now();
-
-    // Publishing goes on through the outage; readiness tells the truth.
-    let watch = {
-        let e = Edge::attach(edges[0].port);
-        tokio::spawn(async move {
-            let mut saw_503 = false;
-            loop {
-                match e.try_status("/ready").await {
-                    Some(503) => saw_503 = true,
-                    Some(200) if saw_503 => return true,
-                    _ => {}
-                }
-                if killed.elapsed() > Duration::from_secs(60) {
-                    return saw_503;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+/// Polls `/ready` of `edge` from now on: true once it was 503 and then 200.
+fn watch_ready(edge: &Edge) -> tokio::task::JoinHandle<bool> {
+    let e = Edge::attach(edge.port);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut saw_503 = false;
+        loop {
+            match e.try_status("/ready").await {
+                Some(503) => saw_503 = true,
+                Some(200) if saw_503 => return true,
+                _ => {}
             }
-        })
-    };
-    let done = publish_all(publishers, BEFORE..BEFORE + AFTER).await;
+            if started.elapsed() > Duration::from_secs(60) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_replicas_a_failover_under_traffic_loses_nothing_acknowledged() {
+    const ROOMS: usize = 4;
+    const N: usize = 40;
+    let mut ha = ha(2, ROOMS, &[("ROOMCAST__REDIS__ACK_REPLICAS", "1")]).await;
+    let publishers = std::mem::take(&mut ha.publishers);
+    let publishing = tokio::spawn(publish_all(publishers, 0..N, Duration::from_millis(50)));
+
+    // Kill the primary in the middle of the traffic: once room 0 has a few
+    // messages stored, while every publisher still has most to send.
+    let seq = format!("roomcast:seq:{}", ha.rooms[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ha.primary.cli(&["GET", &seq]).parse::<usize>().unwrap_or(0) < 5 {
+        assert!(Instant::now() < deadline, "nothing was published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = watch_ready(&ha.edges[0]);
+    ha.primary.kill();
+    let killed = Instant::now();
+    let done = publishing.await.unwrap();
     println!(
         "every publish acknowledged {:?} after the kill",
         killed.elapsed()
     );
     assert!(
-        watch.await.unwrap(),
+        ready.await.unwrap(),
         "/ready went 503 for the outage, then 200"
     );
-    assert_eq!(
-        sentinels[0].primary_port(),
-        Some(replica.port),
-        "the replica was promoted"
+    let promoted = ha.sentinels[0].primary_port();
+    assert!(
+        ha.replicas.iter().any(|r| Some(r.port) == promoted),
+        "a replica was promoted: {promoted:?}"
     );
 
+    let expected: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
     for (r, (_, acks, errors)) in done.iter().enumerate() {
-        assert_eq!(acks.len(), AFTER);
-        println!(
-            "room {r}: {} errors retried during the outage",
-            errors.len()
-        );
-        let expected: Vec<String> = (0..BEFORE + AFTER).map(|i| format!("m-{i}")).collect();
-        for (i, c) in members[r].iter_mut().enumerate() {
-            let got = messages(c, BEFORE + AFTER).await;
+        assert_eq!(acks.len(), N);
+        println!("room {r}: {} errors retried", errors.len());
+        for (i, c) in ha.members[r].iter_mut().enumerate() {
+            let got = messages(c, N).await;
             let ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
             assert_eq!(
                 ids,
                 expected.iter().collect::<Vec<_>>(),
-                "room {r}, member on edge {i}: once each, in order"
+                "room {r}, member on edge {i}: every acked message once, in order"
             );
             let offsets: Vec<u64> = got.iter().map(|(_, o)| *o).collect();
-            assert_eq!(offsets, (1..=(BEFORE + AFTER) as u64).collect::<Vec<_>>());
+            assert_eq!(offsets, (1..=N as u64).collect::<Vec<_>>());
         }
-        let history = edges[r % 3]
-            .get(&format!("/rooms/{}/messages?limit=100", rooms[r]))
+        let history = ha.edges[r % 3]
+            .get(&format!("/rooms/{}/messages?limit=100", ha.rooms[r]))
             .await
             .json();
         let stored: Vec<&str> = history
             .as_array()
             .unwrap()
             .iter()
-            .map(|m: &Value| m["client_id"].as_str().unwrap())
+            .map(|m| m["client_id"].as_str().unwrap())
             .collect();
         assert_eq!(
             stored,
             expected.iter().map(String::as_str).collect::<Vec<_>>()
         );
     }
-    for e in &edges {
+    for e in &ha.edges {
         assert_eq!(e.metric("roomcast_redis_primary_changes_total").await, 1.0);
         assert_eq!(e.metric("roomcast_history_rewinds_total").await, 0.0);
         assert_eq!(e.try_status("/ready").await, Some(200));
     }
+}
+
+/// Without the option an ack means "on the primary": writes made while
+/// the replica lagged (here: its link to the primary cut, by pointing it at
+/// a port where nothing listens) die with the primary. The edges find the
+/// room's stream behind what they delivered, count it and make the room's
+/// clients resync, instead of silently dropping the new messages that
+/// reuse those offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_it_writes_lost_in_a_failover_are_detected_and_resynced() {
+    let mut ha = ha(1, 1, &[]).await;
+    let publishers = std::mem::take(&mut ha.publishers);
+    let publishers: Vec<Client> = publish_all(publishers, 0..5, Duration::ZERO)
+        .await
+        .into_iter()
+        .map(|(c, _, _)| c)
+        .collect();
+    for c in &mut ha.members[0] {
+        assert_eq!(messages(c, 5).await.len(), 5);
+    }
+    let seq = format!("roomcast:seq:{}", ha.rooms[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ha.replicas[0].cli(&["GET", &seq]) != "5" {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never got the first five"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica loses its primary (it keeps its data); three more are
+    // acked by the primary alone and delivered; then the primary dies and
+    // the stale replica takes over.
+    let nowhere = roomcast_tests::free_port().to_string();
+    assert_eq!(
+        ha.replicas[0].cli(&["REPLICAOF", "127.0.0.1", &nowhere]),
+        "OK"
+    );
+    let done = publish_all(publishers, 5..8, Duration::ZERO).await;
+    assert_eq!(done[0].1.len(), 3, "acked by the primary");
+    for c in &mut ha.members[0] {
+        assert_eq!(messages(c, 3).await.len(), 3);
+    }
+    ha.primary.kill();
+
+    // Every member is told to resync (1012), on every edge.
+    for c in &mut ha.members[0] {
+        let closed = tokio::time::timeout(
+            Duration::from_secs(60),
+            c.closed_within(Duration::from_secs(60)),
+        )
+        .await
+        .expect("members are told to resync");
+        assert_eq!(closed.code(), Some(1012), "{closed:?}");
+    }
+    for e in &ha.edges {
+        assert_eq!(e.metric("roomcast_history_rewinds_total").await, 1.0);
+        assert_eq!(e.metric("roomcast_redis_primary_changes_total").await, 1.0);
+    }
+    // History holds what the promoted replica had.
+    let history = ha.edges[0]
+        .get(&format!("/rooms/{}/messages?limit=100", ha.rooms[0]))
+        .await
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 5);
 }

@@ -132,6 +132,7 @@ impl Deps {
             sweeper: settings.presence.sweeper,
             events: settings.webhook_recording(),
             summary: settings.presence_summary(),
+            ack: settings.ack_replicas(),
         };
         let (backend, tasks) = roomcast_redis::start(&opts, hub.clone(), backend_shutdown)
             .map_err(|e| ConfigError {

@@ -281,6 +281,14 @@ impl Settings {
         })
     }
 
+    /// `redis.ack_replicas`, when on.
+    pub fn ack_replicas(&self) -> Option<roomcast_redis::client::AckReplicas> {
+        (self.redis.ack_replicas > 0).then(|| roomcast_redis::client::AckReplicas {
+            replicas: self.redis.ack_replicas,
+            timeout: std::time::Duration::from_millis(self.redis.ack_timeout_ms),
+        })
+    }
+
     /// Where rooms' presence becomes summarised.
     pub fn presence_summary(&self) -> roomcast_core::presence::Summary {
         roomcast_core::presence::Summary {

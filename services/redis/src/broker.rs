@@ -117,12 +117,54 @@ impl Broker for RedisBroker {
             .arg(room.as_str())
             .arg(keep.max_bytes.unwrap_or(0))
             .arg(cutoff)
-            .arg(keep.max_age.map_or(0, |a| a.as_millis() as u64));
+            .arg(keep.max_age.map_or(0, |a| a.as_millis() as u64))
+            .arg(u8::from(self.redis.ack.is_some()));
+        let Some(ack) = self.redis.ack else {
+            let reply: redis::Value = self
+                .redis
+                .timed_write(async {
+                    let mut c = self.redis.conn().await?;
+                    invocation.invoke_async(&mut c).await.map_err(write_error)
+                })
+                .await?;
+            return published(msg, reply);
+        };
+        // Stored on the primary; published and acknowledged only once
+        // `ack.replicas` replicas have it too: a failover cannot lose a
+        // message anyone was shown or told was sent.
+        let channel = k.channel(&room);
         let reply: redis::Value = self
             .redis
-            .timed_write(async {
-                let mut c = self.redis.conn().await?;
-                invocation.invoke_async(&mut c).await.map_err(write_error)
+            .timed_durable_write(async {
+                let mut c = self.redis.durable_conn().await?;
+                let reply = invocation.invoke_async(&mut c).await.map_err(write_error)?;
+                let reached: u32 = redis::cmd("WAIT")
+                    .arg(ack.replicas)
+                    .arg(ack.timeout.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| BackendError::Indeterminate(format!("stored on the primary; waiting for replicas failed: {e}")))?;
+                if reached < ack.replicas {
+                    // Stored, but a failover now could lose it: not an ack,
+                    // and not "nothing happened" either. A retry with the
+                    // same client_id waits (and publishes) again; until
+                    // then the room's next message backfills it.
+                    return Err(BackendError::Indeterminate(format!(
+                        "stored on the primary, but {reached} of {} replicas confirmed it within {:?}",
+                        ack.replicas, ack.timeout
+                    )));
+                }
+                // A repeat publishes again: nodes drop an offset they have
+                // delivered, so only one that missed it shows it.
+                if let Some(envelope) = envelope_of(&reply) {
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(envelope)
+                        .query_async::<()>(&mut c)
+                        .await
+                        .map_err(|e| BackendError::Indeterminate(format!("stored on the replicas; publishing failed: {e}")))?;
+                }
+                Ok(reply)
             })
             .await?;
         published(msg, reply)
@@ -207,6 +249,19 @@ impl Broker for RedisBroker {
 }
 
 /// Reads the publish script's reply (see [`PUBLISH`]).
+/// The envelope a publish that waits for replicas sends itself: the last
+/// item of the script's reply (`None` when empty: a repeat whose frame was
+/// trimmed from history).
+fn envelope_of(reply: &redis::Value) -> Option<&[u8]> {
+    let redis::Value::Array(items) = reply else {
+        return None;
+    };
+    match items.last() {
+        Some(redis::Value::BulkString(b)) if !b.is_empty() && items.len() >= 4 => Some(b),
+        _ => None,
+    }
+}
+
 fn published(mut msg: MessageFrame, reply: redis::Value) -> Result<Published, BackendError> {
     let corrupt = |what: &str| BackendError::Corrupt(format!("publish reply: {what}"));
     let redis::Value::Array(items) = reply else {

@@ -67,6 +67,11 @@ pub fn write_error(e: RedisError) -> BackendError {
 #[derive(Clone)]
 pub struct Redis {
     lanes: Arc<Lanes>,
+    /// The lane of publishes that wait for replicas (`WAIT` blocks its
+    /// connection: nothing else may queue behind it).
+    durable: Arc<Lanes>,
+    /// Acknowledge a publish only once this many replicas have it.
+    pub ack: Option<AckReplicas>,
     pub keys: Keys,
     /// Where the primary is; the pub/sub session connects through it too.
     pub target: Arc<Target>,
@@ -75,6 +80,13 @@ pub struct Redis {
     /// How the sweeper and reconciliation announce leaves in big rooms
     /// (connections pass their own to each presence call).
     pub summary: roomcast_core::presence::Summary,
+}
+
+/// `redis.ack_replicas`: `WAIT replicas timeout` after each publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckReplicas {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 struct Lanes {
@@ -133,6 +145,16 @@ fn is_read_only(e: &RedisError) -> bool {
     ) || e.to_string().contains("READONLY")
 }
 
+impl Lanes {
+    fn new(n: usize) -> Lanes {
+        Lanes {
+            slots: (0..n).map(|_| Mutex::new(None)).collect(),
+            connecting: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl ConnectionLike for Lane {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
@@ -179,19 +201,20 @@ impl Redis {
 
     /// Commands on whatever primary `target` names.
     pub fn on(target: Arc<Target>, prefix: &str, max_lanes: usize) -> Redis {
-        let n = LANES.min(max_lanes).max(1);
-        let lanes = Lanes {
-            slots: (0..n).map(|_| Mutex::new(None)).collect(),
-            connecting: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
-            next: AtomicUsize::new(0),
-        };
         Redis {
-            lanes: Arc::new(lanes),
+            lanes: Arc::new(Lanes::new(LANES.min(max_lanes).max(1))),
+            durable: Arc::new(Lanes::new(1)),
+            ack: None,
             keys: Keys::new(prefix),
             target,
             recording: Recording::OFF,
             summary: Default::default(),
         }
+    }
+
+    /// The same Redis, acknowledging publishes once `ack` replicas have them.
+    pub fn with_ack(self, ack: Option<AckReplicas>) -> Redis {
+        Redis { ack, ..self }
     }
 
     /// The same Redis, with scripts recording the webhook events `r` names.
@@ -221,7 +244,15 @@ impl Redis {
     /// A connection to run commands on: the next lane's, or a fresh one
     /// when that lane has none, it broke, or the primary moved.
     pub async fn conn(&self) -> Result<Lane, BackendError> {
-        let lanes = &self.lanes;
+        self.lane_of(&self.lanes).await
+    }
+
+    /// The connection of publishes that `WAIT` for replicas.
+    pub async fn durable_conn(&self) -> Result<Lane, BackendError> {
+        self.lane_of(&self.durable).await
+    }
+
+    async fn lane_of(&self, lanes: &Lanes) -> Result<Lane, BackendError> {
         let i = lanes.next.fetch_add(1, Ordering::Relaxed) % lanes.slots.len();
         if let Some(lane) = &*lanes.slots[i].lock()
             && lane.usable()
@@ -299,6 +330,23 @@ impl Redis {
     ) -> impl Future<Output = Result<T, BackendError>> {
         deadline(op, || {
             BackendError::Indeterminate(format!("no answer from redis within {OP_TIMEOUT:?}"))
+        })
+    }
+
+    /// [`Redis::timed_write`] for a publish that also waits for replicas:
+    /// the deadline grows by the replicas' timeout.
+    pub fn timed_durable_write<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> impl Future<Output = Result<T, BackendError>> {
+        let limit = OP_TIMEOUT + self.ack.map_or(Duration::ZERO, |a| a.timeout);
+        use futures_util::FutureExt;
+        tokio::time::timeout(limit, op).map(move |r| {
+            r.unwrap_or_else(|_| {
+                Err(BackendError::Indeterminate(format!(
+                    "no answer from redis within {limit:?}"
+                )))
+            })
         })
     }
 

@@ -54,6 +54,8 @@ pub struct RedisOptions {
     pub events: roomcast_core::events::Recording,
     /// How the sweeper announces leaves in big rooms.
     pub summary: roomcast_core::presence::Summary,
+    /// Acknowledge a publish only once this many replicas have it.
+    pub ack: Option<client::AckReplicas>,
 }
 
 /// The background tasks of a Redis backend.
@@ -81,7 +83,8 @@ pub fn start(
     let target = Arc::new(target::Target::new(opts.target.clone())?);
     let redis = Redis::on(target.clone(), &opts.key_prefix, opts.pool_size)
         .with_recording(opts.events)
-        .with_summary(opts.summary);
+        .with_summary(opts.summary)
+        .with_ack(opts.ack);
     let stats = Arc::new(BackendStats::default());
     let shared = Arc::new(broker::Shared {
         stats: stats.clone(),

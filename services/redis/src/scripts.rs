@@ -64,9 +64,16 @@ end
 /// none. A room with only a count bound is trimmed by `XADD MAXLEN`; one
 /// with bytes or age by [`RETAIN_LUA`], and with an age its history key
 /// expires when its newest message does.
+/// Last, `1` when the caller waits for replicas (`WAIT`) after: then the
+/// script does not `PUBLISH` but returns the envelope, for the caller to
+/// publish once replicas have the message (so no one is shown a message a
+/// failover can still lose), and a repeat rewrites its de-duplication
+/// key's expiry, because `WAIT` counts only the writes of its own
+/// connection and the first publish may have gone out on another.
 /// Returns `{0, offset, epoch}` for a new message, or `{1, offset, epoch,
 /// stored frame or '', id, timestamp}` when the key shows it was published
-/// before (nothing is stored or sent again).
+/// before (nothing is stored again); with `1` last, each with the envelope
+/// (`''` for a repeat whose frame was trimmed) appended.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{EVENT_LUA}{RETAIN_LUA}{}",
@@ -79,6 +86,13 @@ if KEYS[6] then
     local e = redis.call('XRANGE', KEYS[2], offset .. '-0', offset .. '-0')
     local frame = ''
     if #e > 0 then frame = e[1][2][2] end
+    if ARGV[17] == '1' then
+      local ttl = redis.call('PTTL', KEYS[6])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
+      local envelope = ''
+      if frame ~= '' then envelope = ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame end
+      return {1, tonumber(offset), epoch, frame, id, ts, envelope}
+    end
     return {1, tonumber(offset), epoch, frame, id, ts}
   end
 end
@@ -97,11 +111,13 @@ else
     if ARGV[14] ~= '0' then redis.call('PEXPIRE', KEYS[5], ARGV[16]) end
   end
 end
-redis.call('PUBLISH', ARGV[3], ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame)
+local envelope = ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame
+if ARGV[17] ~= '1' then redis.call('PUBLISH', ARGV[3], envelope) end
 if KEYS[6] then
   redis.call('SET', KEYS[6], offset .. ' ' .. ARGV[10] .. ' ' .. ARGV[11], 'PX', ARGV[9])
 end
 event(KEYS[4], ARGV[12], 'n', 'message_stored', 'r', ARGV[13], 'm', frame)
+if ARGV[17] == '1' then return {0, offset, epoch, envelope} end
 return {0, offset, epoch}
 "
     ))

@@ -40,6 +40,7 @@ roomcast_core::backend_suite!(|| async {
             sweeper: false,
             events: roomcast_core::conformance::RECORD_ALL,
             summary: Default::default(),
+            ack: None,
         };
         let shutdown = token.clone();
         Box::pin(async move {

@@ -272,6 +272,12 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// The most command connections a node opens (it uses two).
     pub pool_size: usize,
+    /// Acknowledge a publish only once this many replicas have it (`WAIT`);
+    /// 0: once the primary has it.
+    pub ack_replicas: u32,
+    /// How long a publish waits for those replicas before it is reported as
+    /// `outcome_unknown` (stored on the primary, not confirmed on them).
+    pub ack_timeout_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -284,6 +290,8 @@ impl Default for RedisSettings {
             sentinel_password: None,
             key_prefix: "roomcast".into(),
             pool_size: 32,
+            ack_replicas: 0,
+            ack_timeout_ms: 1000,
         }
     }
 }

@@ -84,6 +84,21 @@ fn bad_values_name_the_setting() {
     assert!(err(&[("ROOMCAST__SERVER__PORT", "x")]).contains("server.port"));
     assert!(err(&[("ROOMCAST__PRESENCE__SUMMARY_PAGE", "0")]).contains("presence.summary_page"));
     assert!(err(&[("ROOMCAST__PRESENCE__DIFF_MAX", "1001")]).contains("presence.diff_max"));
+    assert!(err(&[("ROOMCAST__REDIS__ACK_TIMEOUT_MS", "0")]).contains("redis.ack_timeout_ms"));
+    assert!(err(&[("REDIS_SENTINELS", "h:1")]).contains("REDIS_SENTINEL_MASTER"));
+    assert!(
+        err(&[("REDIS_SENTINELS", "h"), ("REDIS_SENTINEL_MASTER", "m")])
+            .contains("REDIS_SENTINELS")
+    );
+    assert!(err(&[("REDIS_SENTINEL_MASTER", "m")]).contains("REDIS_SENTINELS"));
+    assert!(
+        err(&[
+            ("REDIS_URL", "redis://h"),
+            ("REDIS_SENTINELS", "h:1"),
+            ("REDIS_SENTINEL_MASTER", "m")
+        ])
+        .contains("not both")
+    );
     assert!(
         err(&[("ROOMCAST__SERVER__PROT", "1")]).contains("prot"),
         "typos are caught"

@@ -155,6 +155,9 @@ impl Settings {
             ));
         }
         let r = &self.redis;
+        if !(1..=10_000).contains(&r.ack_timeout_ms) {
+            return Err(bad("redis.ack_timeout_ms", "expected 1 to 10000"));
+        }
         if let Some(sentinels) = &r.sentinels {
             if r.url.is_some() {
                 return Err(bad(

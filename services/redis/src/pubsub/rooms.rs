@@ -44,6 +44,10 @@ pub(super) type Reply = oneshot::Sender<Result<(), BackendError>>;
 pub(super) struct Cursor {
     pub epoch: String,
     pub last: u64,
+    /// The frame delivered at `last` (a shared `Bytes`, not a copy), when
+    /// known: a catch-up checks that the stream still holds it there, or
+    /// the offsets were reused after Redis lost writes.
+    pub frame: Option<bytes::Bytes>,
 }
 
 #[derive(Debug)]
@@ -357,6 +361,7 @@ impl<S: Streams> Rooms<S> {
                 cursor = Cursor {
                     epoch: r.epoch,
                     last: r.envelope.offset,
+                    frame: None,
                 };
                 continue;
             }
@@ -376,6 +381,7 @@ impl<S: Streams> Rooms<S> {
             }
             self.hub.deliver(&r.envelope);
             cursor.last = offset;
+            cursor.frame = Some(r.envelope.frame.clone());
         }
         if b.overflow_to > cursor.last {
             let until = std::mem::take(&mut b.overflow_to);

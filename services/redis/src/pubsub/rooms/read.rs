@@ -89,45 +89,59 @@ pub(super) async fn run<S: Streams>(
             return Ok(Outcome::At(Cursor {
                 epoch: pos.epoch,
                 last: pos.offset,
+                frame: None,
             }));
         }
         Read::After { from, until } => (from, until),
     };
+    // The first page starts at the last delivered offset itself when its
+    // frame is known, to check it is still the same message.
+    let mut check = cursor.frame.is_some() && cursor.last > 0;
     loop {
         if cursor.last >= until {
             return Ok(Outcome::At(cursor));
         }
-        let (pos, frames) = streams
-            .frames_after(room, cursor.last, BACKFILL_PAGE)
-            .await?;
-        if pos.epoch != cursor.epoch {
-            return Ok(Outcome::Reset(Cursor {
-                epoch: pos.epoch,
+        let from = if check { cursor.last - 1 } else { cursor.last };
+        let (pos, frames) = streams.frames_after(room, from, BACKFILL_PAGE).await?;
+        let reset = || {
+            Ok(Outcome::Reset(Cursor {
+                epoch: pos.epoch.clone(),
                 last: pos.offset,
-            }));
+                frame: None,
+            }))
+        };
+        if pos.epoch != cursor.epoch {
+            return reset();
         }
-        if pos.offset < cursor.last {
+        let replaced = check
+            && frames.first().is_some_and(|(o, f)| {
+                *o == cursor.last && cursor.frame.as_deref() != Some(f.as_bytes())
+            });
+        if pos.offset < cursor.last || replaced {
             // The stream went back: Redis lost writes this node had
             // delivered (a failover to a replica that never got them, a
-            // restart from an old snapshot). The offsets after `pos` will
-            // be reused for other messages, which the cursor would drop as
-            // seen: start the room over, and its clients recover from what
+            // restart from an old snapshot), and their offsets are (or will
+            // be) reused for other messages, which the cursor would drop as
+            // seen. Start the room over: its clients recover from what
             // history now holds.
             tracing::warn!(%room, delivered = cursor.last, stored = pos.offset, "room history went back (writes lost by redis); asking its clients to resync");
             BackendStats::add(&stats.history_rewinds, 1);
-            return Ok(Outcome::Reset(Cursor {
-                epoch: pos.epoch,
-                last: pos.offset,
-            }));
+            return reset();
         }
+        check = false;
         let mut n = 0;
-        for (offset, frame) in frames.into_iter().filter(|(o, _)| *o <= until) {
+        let after = cursor.last;
+        for (offset, frame) in frames
+            .into_iter()
+            .filter(|(o, _)| *o > after && *o <= until)
+        {
             if offset != cursor.last + 1 {
                 tracing::warn!(%room, from = cursor.last + 1, to = offset - 1, "messages trimmed from history before this node could deliver them");
             }
+            let frame = Bytes::from(frame);
             hub.deliver(&Envelope {
                 room: room.clone(),
-                frame: Bytes::from(frame),
+                frame: frame.clone(),
                 offset,
                 exclude_user: None,
                 origin_node: "backfill".into(),
@@ -135,6 +149,7 @@ pub(super) async fn run<S: Streams>(
                 trace: None,
             });
             cursor.last = offset;
+            cursor.frame = Some(frame);
             n += 1;
         }
         if n > 0 {

@@ -293,3 +293,63 @@ async fn a_room_nobody_is_left_in_is_left_once_answered() {
     assert_eq!(s.rooms.len(), 0);
     assert!(!s.rooms.shared.subscribed.read().contains(&r));
 }
+
+/// Delivers 1..=3 live, then "fails over": the stream holds `stored`
+/// instead; a reconnect catches the room up.
+async fn after_failover(stored: &[(u64, &str)]) -> (Setup, Arc<Outbox>) {
+    let mut s = setup();
+    let r = room("r");
+    let out = member(&s.hub, &r, 1);
+    s.subscribed(&r).await;
+    for o in 1..=3 {
+        s.rooms.publish(publish(&r, "e1", o));
+    }
+    assert_eq!(received(&out), [1, 2, 3]);
+    s.rooms
+        .disconnected(&BackendError::Unavailable("gone".into()));
+    let frames = stored.iter().map(|(o, f)| (*o, (*f).to_owned())).collect();
+    s.fake
+        .streams
+        .lock()
+        .insert(r.clone(), ("e1".into(), frames));
+    s.rooms.reconnected();
+    s.rooms.active(std::slice::from_ref(&r));
+    s.next_done().await;
+    (s, out)
+}
+
+#[tokio::test]
+async fn a_stream_behind_what_was_delivered_asks_for_a_resync() {
+    let (s, out) = after_failover(&[(1, r#"{"offset":1}"#)]).await;
+    assert_eq!(out.reason(), Some(KillReason::Resync));
+    assert_eq!(BackendStats::get(&s.rooms.shared.stats.history_rewinds), 1);
+}
+
+#[tokio::test]
+async fn offsets_reused_by_other_messages_ask_for_a_resync() {
+    // Offset 3 was lost and reused, and 4 came after: the position alone
+    // is ahead, the frame at 3 tells.
+    let (s, out) = after_failover(&[
+        (1, r#"{"offset":1}"#),
+        (2, r#"{"offset":2}"#),
+        (3, r#"{"other":3}"#),
+        (4, r#"{"offset":4}"#),
+    ])
+    .await;
+    assert_eq!(out.reason(), Some(KillReason::Resync));
+    assert_eq!(BackendStats::get(&s.rooms.shared.stats.history_rewinds), 1);
+}
+
+#[tokio::test]
+async fn the_same_frame_at_the_cursor_catches_up_as_usual() {
+    let (s, out) = after_failover(&[
+        (1, r#"{"offset":1}"#),
+        (2, r#"{"offset":2}"#),
+        (3, r#"{"offset":3}"#),
+        (4, r#"{"offset":4}"#),
+    ])
+    .await;
+    assert_eq!(received(&out), [4]);
+    assert_eq!(out.reason(), None);
+    assert_eq!(BackendStats::get(&s.rooms.shared.stats.history_rewinds), 0);
+}

@@ -273,3 +273,49 @@ async fn without_it_writes_lost_in_a_failover_are_detected_and_resynced() {
         .json();
     assert_eq!(history.as_array().unwrap().len(), 5);
 }
+
+/// With `redis.ack_replicas` a message no replica has is neither
+/// acknowledged nor shown: with the replica frozen, the sender gets
+/// `outcome_unknown` and the room hears nothing; once the replica is back,
+/// the retry with the same `client_id` is acknowledged with the first
+/// offset and the room gets the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_replica_confirmed_is_not_acked_nor_shown() {
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let url = primary.url();
+    let edge = Edge::start(&[
+        ("REDIS_URL", url.as_str()),
+        ("ROOMCAST__REDIS__ACK_REPLICAS", "1"),
+        ("ROOMCAST__REDIS__ACK_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    edge.wait_ready().await;
+    let room = edge.room("durable").await;
+    let (a, b) = (edge.user("a").await, edge.user("b").await);
+    let (mut sender, _, _) = Client::join(&edge.ws_url(&format!("/ws/{room}/{a}"))).await;
+    let (mut member, _, _) = Client::join(&edge.ws_url(&format!("/ws/{room}/{b}"))).await;
+    let send = |id: &str| serde_json::json!({"content": id, "client_id": id});
+
+    sender.send_json(&send("one")).await;
+    assert_eq!(sender.next_of("ack").await["offset"], 1);
+    assert_eq!(member.next_of("message").await["offset"], 1);
+
+    replica.signal("STOP");
+    sender.send_json(&send("two")).await;
+    let refused = sender.next_of("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["client_id"].as_str()),
+        (Some("outcome_unknown"), Some("two")),
+        "{refused}"
+    );
+    member.expect_silence(Duration::from_millis(500)).await;
+
+    replica.signal("CONT");
+    sender.send_json(&send("two")).await;
+    assert_eq!(sender.next_of("ack").await["offset"], 2, "the first offset");
+    sender.send_json(&send("three")).await;
+    assert_eq!(sender.next_of("ack").await["offset"], 3);
+    let got = messages(&mut member, 2).await;
+    assert_eq!(got, [("two".to_owned(), 2), ("three".to_owned(), 3)]);
+}

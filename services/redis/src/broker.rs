@@ -43,6 +43,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct RedisBroker {
     redis: Redis,
+    /// With `redis.ack_replicas`: where publishes wait for the replicas.
+    replicas: Option<crate::replicas::Replicas>,
     node: Arc<str>,
     history: HistoryOptions,
     commands: mpsc::Sender<Command>,
@@ -65,8 +67,12 @@ impl RedisBroker {
         commands: mpsc::Sender<Command>,
         shared: Arc<Shared>,
     ) -> Self {
+        let replicas = redis
+            .ack
+            .map(|ack| crate::replicas::Replicas::start(redis.clone(), ack));
         Self {
             redis,
+            replicas,
             node: node.into(),
             history,
             commands,
@@ -119,54 +125,34 @@ impl Broker for RedisBroker {
             .arg(cutoff)
             .arg(keep.max_age.map_or(0, |a| a.as_millis() as u64))
             .arg(u8::from(self.redis.ack.is_some()));
-        let Some(ack) = self.redis.ack else {
-            let reply: redis::Value = self
-                .redis
-                .timed_write(async {
-                    let mut c = self.redis.conn().await?;
-                    invocation.invoke_async(&mut c).await.map_err(write_error)
-                })
-                .await?;
-            return published(msg, reply);
-        };
-        // Stored on the primary; published and acknowledged only once
-        // `ack.replicas` replicas have it too: a failover cannot lose a
-        // message anyone was shown or told was sent.
-        let channel = k.channel(&room);
         let reply: redis::Value = self
             .redis
-            .timed_durable_write(async {
-                let mut c = self.redis.durable_conn().await?;
-                let reply = invocation.invoke_async(&mut c).await.map_err(write_error)?;
-                let reached: u32 = redis::cmd("WAIT")
-                    .arg(ack.replicas)
-                    .arg(ack.timeout.as_millis() as u64)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| BackendError::Indeterminate(format!("stored on the primary; waiting for replicas failed: {e}")))?;
-                if reached < ack.replicas {
-                    // Stored, but a failover now could lose it: not an ack,
-                    // and not "nothing happened" either. A retry with the
-                    // same client_id waits (and publishes) again; until
-                    // then the room's next message backfills it.
-                    return Err(BackendError::Indeterminate(format!(
-                        "stored on the primary, but {reached} of {} replicas confirmed it within {:?}",
-                        ack.replicas, ack.timeout
-                    )));
-                }
-                // A repeat publishes again: nodes drop an offset they have
-                // delivered, so only one that missed it shows it.
-                if let Some(envelope) = envelope_of(&reply) {
-                    redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(envelope)
-                        .query_async::<()>(&mut c)
-                        .await
-                        .map_err(|e| BackendError::Indeterminate(format!("stored on the replicas; publishing failed: {e}")))?;
-                }
-                Ok(reply)
+            .timed_write(async {
+                let mut c = self.redis.conn().await?;
+                invocation.invoke_async(&mut c).await.map_err(write_error)
             })
             .await?;
+        let Some(replicas) = &self.replicas else {
+            return published(msg, reply);
+        };
+        // Stored on the primary; published and acknowledged only once the
+        // replicas have it too. Past their timeout the outcome is unknown
+        // (stored, maybe lost in a failover): a retry with the same
+        // client_id waits, and publishes, again; until then the room's next
+        // message backfills it.
+        replicas.wait().await?;
+        // A repeat publishes again: nodes drop an offset they delivered, so
+        // only one that missed it shows it.
+        if let Some(envelope) = envelope_of(&reply) {
+            self.redis
+                .publish(k.channel(&room), envelope)
+                .await
+                .map_err(|e| {
+                    BackendError::Indeterminate(format!(
+                        "stored on the replicas; publishing failed: {e}"
+                    ))
+                })?;
+        }
         published(msg, reply)
     }
 

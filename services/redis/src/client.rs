@@ -67,8 +67,8 @@ pub fn write_error(e: RedisError) -> BackendError {
 #[derive(Clone)]
 pub struct Redis {
     lanes: Arc<Lanes>,
-    /// The lane of publishes that wait for replicas (`WAIT` blocks its
-    /// connection: nothing else may queue behind it).
+    /// The replica barrier's connection (see [`crate::replicas`]): `WAIT`
+    /// blocks its connection, so nothing else may queue behind it.
     durable: Arc<Lanes>,
     /// Acknowledge a publish only once this many replicas have it.
     pub ack: Option<AckReplicas>,
@@ -82,7 +82,8 @@ pub struct Redis {
     pub summary: roomcast_core::presence::Summary,
 }
 
-/// `redis.ack_replicas`: `WAIT replicas timeout` after each publish.
+/// `redis.ack_replicas`: a publish is acknowledged once `replicas` have it,
+/// waiting at most `timeout` (see [`crate::replicas`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckReplicas {
     pub replicas: u32,
@@ -247,7 +248,7 @@ impl Redis {
         self.lane_of(&self.lanes).await
     }
 
-    /// The connection of publishes that `WAIT` for replicas.
+    /// The replica barrier's connection.
     pub async fn durable_conn(&self) -> Result<Lane, BackendError> {
         self.lane_of(&self.durable).await
     }
@@ -333,7 +334,7 @@ impl Redis {
         })
     }
 
-    /// [`Redis::timed_write`] for a publish that also waits for replicas:
+    /// [`Redis::timed_write`] for a write that also waits for replicas:
     /// the deadline grows by the replicas' timeout.
     pub fn timed_durable_write<T>(
         &self,

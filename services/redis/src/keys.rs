@@ -95,6 +95,10 @@ impl Keys {
     pub fn control_channel(&self) -> String {
         self.k(&["ctl"])
     }
+    /// A counter written before each `WAIT` for replicas (see `replicas`).
+    pub fn replica_barrier(&self) -> String {
+        self.k(&["barrier"])
+    }
     /// A node's own channel, for the pub/sub round-trip health check.
     pub fn node_channel(&self, node: &str) -> String {
         self.k(&["nodech", node])

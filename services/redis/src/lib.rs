@@ -12,6 +12,7 @@
 //! - [`liveness`]: node leases and the sweeper for dead nodes' presence.
 //! - [`envelope`]: the wire format between nodes.
 //! - [`events`]: the webhook events queue (a stream with a consumer group).
+//! - [`replicas`]: acknowledging a publish once replicas have it (group commit).
 
 pub mod broker;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod liveness;
 pub mod presence;
 pub mod pubsub;
+pub mod replicas;
 pub mod scripts;
 pub mod store;
 pub mod target;

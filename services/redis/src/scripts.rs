@@ -64,12 +64,10 @@ end
 /// none. A room with only a count bound is trimmed by `XADD MAXLEN`; one
 /// with bytes or age by [`RETAIN_LUA`], and with an age its history key
 /// expires when its newest message does.
-/// Last, `1` when the caller waits for replicas (`WAIT`) after: then the
-/// script does not `PUBLISH` but returns the envelope, for the caller to
-/// publish once replicas have the message (so no one is shown a message a
-/// failover can still lose), and a repeat rewrites its de-duplication
-/// key's expiry, because `WAIT` counts only the writes of its own
-/// connection and the first publish may have gone out on another.
+/// Last, `1` when the caller waits for replicas after (see `replicas`):
+/// then the script does not `PUBLISH` but returns the envelope, for the
+/// caller to publish once replicas have the message, so no one is shown a
+/// message a failover can still lose.
 /// Returns `{0, offset, epoch}` for a new message, or `{1, offset, epoch,
 /// stored frame or '', id, timestamp}` when the key shows it was published
 /// before (nothing is stored again); with `1` last, each with the envelope
@@ -87,8 +85,6 @@ if KEYS[6] then
     local frame = ''
     if #e > 0 then frame = e[1][2][2] end
     if ARGV[17] == '1' then
-      local ttl = redis.call('PTTL', KEYS[6])
-      if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
       local envelope = ''
       if frame ~= '' then envelope = ARGV[6] .. offset .. ARGV[7] .. epoch .. ARGV[8] .. frame end
       return {1, tonumber(offset), epoch, frame, id, ts, envelope}

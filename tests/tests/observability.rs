@@ -32,7 +32,7 @@ fn promtool(args: &[&str]) -> String {
 fn promtool_checks_and_unit_tests_the_alert_rules() {
     let dir = repo("deploy/prometheus");
     let text = promtool(&["check", "rules", dir.join("alerts.yml").to_str().unwrap()]);
-    assert!(text.contains("8 rules found"), "{text}");
+    assert!(text.contains("9 rules found"), "{text}");
     promtool(&[
         "test",
         "rules",
@@ -340,7 +340,7 @@ async fn every_dashboard_query_and_alert_evaluates_against_live_nodes() {
             }
         }
     }
-    assert_eq!(alerts, 8);
+    assert_eq!(alerts, 9);
     assert!(
         failures.is_empty(),
         "{} problems:\n{}",

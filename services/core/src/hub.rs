@@ -133,6 +133,7 @@ impl HubObserver for NoObserver {
 }
 
 mod diffs;
+mod pages;
 mod users;
 
 use users::UserSocket;
@@ -151,6 +152,9 @@ pub struct Hub {
     observer: Arc<dyn HubObserver>,
     /// Summarised rooms' joins and leaves waiting for the next flush.
     diffs: diffs::Diffs,
+    /// Summarised rooms' first presence page, for this generation's
+    /// newcomers.
+    pages: pages::Pages,
 }
 
 impl std::fmt::Debug for Hub {
@@ -176,6 +180,7 @@ impl Hub {
             active_rooms: AtomicUsize::new(0),
             observer,
             diffs: diffs::Diffs::default(),
+            pages: Sharded::new(64),
         }
     }
 
@@ -206,7 +211,9 @@ impl Hub {
         members.swap_remove(i);
         if members.is_empty() {
             shard.remove(room);
+            drop(shard);
             self.active_rooms.fetch_sub(1, Ordering::Relaxed);
+            self.forget_page(room);
             return true;
         }
         false

@@ -62,11 +62,19 @@ impl Conn {
         let joined = ServerFrame::UserJoined(self.user_event(&room)).to_json();
         let backend = &app.backend;
         let conn_key = self.subs[at].conn_key.clone();
+        // A big room's first page is read once per diff generation on this
+        // node, not once per newcomer (see `roomcast_core::hub::pages`).
+        let generation = app.hub.presence_generation();
+        let cached = app.hub.cached_page(&room);
+        let mut summary = app.settings.presence_summary();
+        if cached.is_some() {
+            summary.page = 0;
+        }
         let join = backend.presence.join_announced(
             &room,
             &self.admission.user,
             &conn_key,
-            app.settings.presence_summary(),
+            summary,
             &*backend.broker,
             joined.into(),
         );
@@ -74,7 +82,13 @@ impl Conn {
         let (joined, start) = tokio::join!(join, recover);
         // Joined even if the recovery read failed: `leave` must then undo it.
         self.subs[at].in_presence = joined.is_ok();
-        let joined = joined?;
+        let mut joined = joined?;
+        if joined.count > summary.above {
+            match &cached {
+                Some(page) => joined.users = page.to_vec(),
+                None => app.hub.cache_page(&room, generation, &joined.users),
+            }
+        }
         // This membership holds the room's presence from here on: settled
         // members get net presence diffs (see `hub::diffs`).
         app.hub.settle(&room, id);

@@ -23,6 +23,8 @@ struct Ha {
     edges: Vec<Edge>,
     rooms: Vec<String>,
     members: Vec<Vec<Client>>,
+    /// The members' user ids, the same way round.
+    member_ids: Vec<Vec<String>>,
     publishers: Vec<Client>,
 }
 
@@ -42,7 +44,7 @@ async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
             ("REDIS_SENTINEL_MASTER", MASTER),
             ("NODE_ID", id.as_str()),
             // Leases outlive the failover (see docs/deploy.md).
-            ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "15000"),
+            ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "8000"),
         ];
         vars.extend_from_slice(extra);
         let e = Edge::start(&vars).await;
@@ -50,14 +52,17 @@ async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
         edges.push(e);
     }
     let (mut members, mut publishers, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let mut member_ids = Vec::new();
     for r in 0..rooms {
         let room = edges[0].room(&format!("ha-{r}")).await;
-        let mut these = Vec::new();
+        let (mut these, mut ids) = (Vec::new(), Vec::new());
         for (i, e) in edges.iter().enumerate() {
             let u = e.user(&format!("m{r}-{i}")).await;
             let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{u}"))).await;
             these.push(c);
+            ids.push(u);
         }
+        member_ids.push(ids);
         let e = &edges[r % 3];
         let p = e.user(&format!("p{r}")).await;
         let (c, _, _) = Client::join(&e.ws_url(&format!("/ws/{room}/{p}"))).await;
@@ -72,6 +77,7 @@ async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
         edges,
         rooms: names,
         members,
+        member_ids,
         publishers,
     }
 }
@@ -207,6 +213,22 @@ async fn with_ack_replicas_a_failover_under_traffic_loses_nothing_acknowledged()
         assert_eq!(e.metric("roomcast_redis_primary_changes_total").await, 1.0);
         assert_eq!(e.metric("roomcast_history_rewinds_total").await, 0.0);
         assert_eq!(e.try_status("/ready").await, Some(200));
+    }
+
+    // On the new primary, a killed edge leaves no ghost: its member of
+    // room 1 is announced left to the others once its lease lapses.
+    let gone = ha.member_ids[1][2].clone();
+    ha.edges[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = ha.members[1][0]
+            .next_json_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the killed edge's user is announced left");
+        if f["type"] == "user_left" && f["user_id"] == gone.as_str() {
+            assert_eq!(f["room_id"], ha.rooms[1].as_str());
+            break;
+        }
     }
 }
 

@@ -13,10 +13,6 @@ quick=${1:-}
 results=bench/results
 mkdir -p "$results"
 : > "$results/latest.jsonl"
-ticks=$(getconf CLK_TCK)
-cpu_of() { awk -v t="$ticks" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-cpu_sum() { local s=0; for p in "$@"; do s=$(echo "$s + $(cpu_of "$p")" | bc -l); done; echo "$s"; }
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --appendonly yes --appendfsync everysec \

@@ -20,7 +20,6 @@ quick=${1:-}
 far_ms=${FAR_MS:-1}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 if [ "$quick" = "--quick" ]; then big=1000; bigger=2000; burst=2000
 else big=5000; bigger=10000; burst=10000; fi

@@ -52,4 +52,10 @@ start_delay_proxy() { # delay-ms
   proxy=$(sed -n 's/^listening on //p' "$tmp/proxy.out")
 }
 
+# CPU-seconds (user + system) a process has used; of several, summed; RSS in KiB.
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+cpu_sum() { local s=0; for p in "$@"; do s=$(echo "$s + $(cpu_of "$p")" | bc -l); done; echo "$s"; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+
 wait_ready() { until curl -sf "http://127.0.0.1:$1/ready" >/dev/null; do sleep 0.1; done; }

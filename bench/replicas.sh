@@ -16,7 +16,6 @@ quick=${1:-}
 far_ms=${FAR_MS:-1}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-cpu_of() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
 
 # --rate is per room: 100 rooms x 10 msg/s = 1,000 msg/s, 10,000 deliveries/s.
 if [ "$quick" = "--quick" ]; then rate=10; secs=4; else rate=10; secs=15; fi
@@ -56,10 +55,10 @@ one() {
   local lg=$!
   while [ ! -f "$tmp/ready-$run" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
   local c0 r0
-  c0=$(echo "$(cpu_of "$ea") + $(cpu_of "$eb")" | bc -l); r0=$(cpu_of "$primary_pid")
+  c0=$(cpu_sum "$ea" "$eb"); r0=$(cpu_of "$primary_pid")
   while [ ! -f "$tmp/done-$run" ] && kill -0 "$lg" 2>/dev/null; do sleep 0.05; done
   local c1 r1
-  c1=$(echo "$(cpu_of "$ea") + $(cpu_of "$eb")" | bc -l); r1=$(cpu_of "$primary_pid")
+  c1=$(cpu_sum "$ea" "$eb"); r1=$(cpu_of "$primary_pid")
   wait "$lg" || true
   cat "$tmp/rep-$run.txt"
   local r; r=$(tail -1 "$tmp/rep-$run.txt")

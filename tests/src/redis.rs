@@ -16,6 +16,8 @@ pub struct RedisServer {
     persistent: bool,
     /// Further `redis-server` arguments (e.g. `--replicaof`).
     extra: Vec<String>,
+    /// `requirepass` (and `masterauth`), if any.
+    pub password: Option<String>,
     child: Option<Child>,
 }
 
@@ -31,18 +33,21 @@ impl RedisServer {
         Self::start_with(true).await
     }
 
-    /// redis-server cannot bind port 0 and report it, so a free port is
-    /// picked and released first; if another process takes it in between,
-    /// our server fails to start (or another answers there), and the start
-    /// is tried again on another port.
-    /// Starts a replica of `primary` and waits until it is in sync.
+    /// Starts a server that requires `password` (and uses it towards its
+    /// primary, should it become a replica).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        Self::start_args(false, Vec::new(), Some(password.to_owned())).await
+    }
+
+    /// Starts a replica of `primary` (with its password) and waits until it
+    /// is in sync.
     pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
         let extra = vec![
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port.to_string(),
         ];
-        let replica = Self::start_args(false, extra).await;
+        let replica = Self::start_args(false, extra, primary.password.clone()).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !replica
             .cli(&["INFO", "replication"])
@@ -55,10 +60,26 @@ impl RedisServer {
     }
 
     async fn start_with(persistent: bool) -> RedisServer {
-        Self::start_args(persistent, Vec::new()).await
+        Self::start_args(persistent, Vec::new(), None).await
     }
 
-    async fn start_args(persistent: bool, extra: Vec<String>) -> RedisServer {
+    /// redis-server cannot bind port 0 and report it, so a free port is
+    /// picked and released first; if another process takes it in between,
+    /// our server fails to start (or another answers there), and the start
+    /// is tried again on another port.
+    async fn start_args(
+        persistent: bool,
+        mut extra: Vec<String>,
+        password: Option<String>,
+    ) -> RedisServer {
+        if let Some(p) = &password {
+            extra.extend([
+                "--requirepass".into(),
+                p.clone(),
+                "--masterauth".into(),
+                p.clone(),
+            ]);
+        }
         for _ in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!(
@@ -72,6 +93,7 @@ impl RedisServer {
                 dir,
                 persistent,
                 extra: extra.clone(),
+                password: password.clone(),
                 child: None,
             };
             if server.spawn().await {
@@ -82,7 +104,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Starts the process; true once it answers as itself on its port.
@@ -139,20 +164,28 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
-        if s.write_all(b"PING\r\n").await.is_err() {
+        let (ask, answer) = match &self.password {
+            Some(p) => (format!("AUTH {p}\r\nPING\r\n"), "+OK\r\n+PONG\r\n"),
+            None => ("PING\r\n".to_owned(), "+PONG\r\n"),
+        };
+        if s.write_all(ask.as_bytes()).await.is_err() {
             return false;
         }
-        let mut buf = [0u8; 7];
+        let mut buf = vec![0u8; answer.len()];
         matches!(
             tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
-            Ok(Ok(_)) if &buf == b"+PONG\r\n"
+            Ok(Ok(_)) if buf == answer.as_bytes()
         )
     }
 
     /// Runs `redis-cli` against this server; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd
             .args(args)
             .output()
             .expect("redis-cli (installed with redis-server)");

@@ -69,9 +69,12 @@ impl Sentinel {
                      sentinel monitor {MASTER} 127.0.0.1 {primary} {quorum}\n\
                      sentinel down-after-milliseconds {MASTER} 1000\n\
                      sentinel failover-timeout {MASTER} 5000\n\
-                     sentinel parallel-syncs {MASTER} 1\n",
+                     sentinel parallel-syncs {MASTER} 1\n{auth}",
                     dir = dir.display(),
                     primary = primary.port,
+                    auth = primary.password.as_ref().map_or(String::new(), |p| {
+                        format!("sentinel auth-pass {MASTER} {p}\n")
+                    }),
                 ),
             )
             .expect("sentinel.conf");

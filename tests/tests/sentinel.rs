@@ -29,7 +29,21 @@ struct Ha {
 }
 
 async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
-    let primary = RedisServer::start().await;
+    ha_with(None, replicas, rooms, extra).await
+}
+
+/// [`ha`] with Redis servers that require `password` (the edges are given
+/// it as `REDIS_PASSWORD`, the sentinels as `auth-pass`).
+async fn ha_with(
+    password: Option<&str>,
+    replicas: usize,
+    rooms: usize,
+    extra: &[(&str, &str)],
+) -> Ha {
+    let primary = match password {
+        Some(p) => RedisServer::start_with_password(p).await,
+        None => RedisServer::start().await,
+    };
     let mut rs = Vec::new();
     for _ in 0..replicas {
         rs.push(RedisServer::start_replica_of(&primary).await);
@@ -46,6 +60,9 @@ async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
             // Leases outlive the failover (see docs/deploy.md).
             ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "8000"),
         ];
+        if let Some(p) = password {
+            vars.push(("REDIS_PASSWORD", p));
+        }
         vars.extend_from_slice(extra);
         let e = Edge::start(&vars).await;
         e.wait_ready().await;
@@ -237,10 +254,11 @@ async fn with_ack_replicas_a_failover_under_traffic_loses_nothing_acknowledged()
 /// a port where nothing listens) die with the primary. The edges find the
 /// room's stream behind what they delivered, count it and make the room's
 /// clients resync, instead of silently dropping the new messages that
-/// reuse those offsets.
+/// reuse those offsets. (Here the Redis servers require a password, as
+/// managed ones do.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_it_writes_lost_in_a_failover_are_detected_and_resynced() {
-    let mut ha = ha(1, 1, &[]).await;
+    let mut ha = ha_with(Some("s3cret:/@"), 1, 1, &[]).await;
     let publishers = std::mem::take(&mut ha.publishers);
     let publishers: Vec<Client> = publish_all(publishers, 0..5, Duration::ZERO)
         .await

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use roomcast_tests::{Client, Edge, MASTER, RedisServer, Sentinel, sentinels_env};
 use serde_json::Value;
 
-/// A primary, its replicas, three sentinels, three edges; rooms each with a
+/// A primary, its replicas, three sentinels, three edges and the presence
+/// service (the one sweeper: the edges' own are off); rooms each with a
 /// member on every edge and a publisher on one of them.
 struct Ha {
+    presence: Edge,
     primary: RedisServer,
     replicas: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
@@ -50,19 +52,23 @@ async fn ha_with(
     }
     let sentinels = Sentinel::start_group(3, &primary, replicas).await;
     let env = sentinels_env(&sentinels);
+    let mut shared = vec![
+        ("REDIS_SENTINELS", env.as_str()),
+        ("REDIS_SENTINEL_MASTER", MASTER),
+        // Leases outlive the failover (see docs/deploy.md).
+        ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "8000"),
+    ];
+    if let Some(p) = password {
+        shared.push(("REDIS_PASSWORD", p));
+    }
+    let presence = Edge::start_bin("roomcast-presence", &shared).await;
+    presence.wait_ready().await;
     let mut edges = Vec::new();
     for i in 0..3 {
         let id = format!("sentinel-{i}");
-        let mut vars = vec![
-            ("REDIS_SENTINELS", env.as_str()),
-            ("REDIS_SENTINEL_MASTER", MASTER),
-            ("NODE_ID", id.as_str()),
-            // Leases outlive the failover (see docs/deploy.md).
-            ("ROOMCAST__PRESENCE__LEASE_TTL_MS", "8000"),
-        ];
-        if let Some(p) = password {
-            vars.push(("REDIS_PASSWORD", p));
-        }
+        let mut vars = shared.clone();
+        vars.push(("NODE_ID", id.as_str()));
+        vars.push(("ROOMCAST__PRESENCE__SWEEPER", "false"));
         vars.extend_from_slice(extra);
         let e = Edge::start(&vars).await;
         e.wait_ready().await;
@@ -88,6 +94,7 @@ async fn ha_with(
         names.push(room);
     }
     Ha {
+        presence,
         primary,
         replicas: rs,
         sentinels,
@@ -232,8 +239,10 @@ async fn with_ack_replicas_a_failover_under_traffic_loses_nothing_acknowledged()
         assert_eq!(e.try_status("/ready").await, Some(200));
     }
 
-    // On the new primary, a killed edge leaves no ghost: its member of
-    // room 1 is announced left to the others once its lease lapses.
+    // The presence service followed too, and on the new primary a killed
+    // edge leaves no ghost: its member of room 1 is announced left to the
+    // others once its lease lapses (the service is the only sweeper).
+    ha.presence.wait_ready().await;
     let gone = ha.member_ids[1][2].clone();
     ha.edges[2].kill9();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -99,14 +99,7 @@ fn start_prometheus(edges: &[u16], presence: Option<u16>) -> Prometheus {
 }
 
 fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 async fn query(prom: &Edge, expr: &str) -> Result<Vec<Value>, String> {

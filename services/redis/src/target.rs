@@ -212,23 +212,16 @@ pub async fn watch(
     }
 }
 
+/// A URL for `addr`, with the password percent-encoded into its userinfo.
 fn url(addr: &str, password: Option<&str>) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     match password {
-        Some(p) => format!("redis://:{}@{addr}/0", urlencode(p)),
+        Some(p) => format!(
+            "redis://:{}@{addr}/0",
+            utf8_percent_encode(p, NON_ALPHANUMERIC)
+        ),
         None => format!("redis://{addr}/0"),
     }
-}
-
-/// Percent-encodes what a URL's userinfo cannot hold as is.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn connect(
@@ -291,7 +284,7 @@ mod tests {
     #[test]
     fn passwords_are_encoded_into_the_url() {
         assert_eq!(url("h:1", None), "redis://h:1/0");
-        assert_eq!(url("h:1", Some("a b@c")), "redis://:a%20b%40c@h:1/0");
+        assert_eq!(url("h:1", Some("a b@c-d")), "redis://:a%20b%40c%2Dd@h:1/0");
         assert!(Client::open(url("h:1", Some("p:/?#"))).is_ok());
     }
 

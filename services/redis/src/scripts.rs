@@ -93,8 +93,11 @@ if KEYS[6] then
   end
 end
 local offset = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[3], ARGV[2], 'NX')
 local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+end
 local frame = ARGV[4] .. offset .. ARGV[5]
 if ARGV[14] == '0' and ARGV[15] == '0' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], offset .. '-0', 'f', frame, 't', ARGV[11])
@@ -138,8 +141,11 @@ pub static READ: LazyLock<Script> = LazyLock::new(|| {
 if ARGV[8] ~= '0' then
   retain(KEYS[2], KEYS[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 end
-redis.call('SET', KEYS[3], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 local oldest = 0

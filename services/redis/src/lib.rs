@@ -1,6 +1,7 @@
 //! roomcast on Redis: the store, history, broker and presence traits of
-//! `roomcast-core` implemented on one Redis, so any number of edge nodes
-//! behave as one chat server.
+//! `roomcast-core` implemented on one Redis primary (named by a URL, or
+//! found and followed through Sentinel), so any number of edge nodes behave
+//! as one chat server.
 //!
 //! - [`client`]: the command connections (lanes) with per-operation deadlines.
 //! - [`target`]: where the primary is (a URL, or Sentinel), across failovers.

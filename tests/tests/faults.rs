@@ -69,6 +69,12 @@ async fn retries_through_a_frozen_redis_store_each_message_once() {
             .all(|c| matches!(*c, "outcome_unknown" | "unavailable")),
         "{codes:?}"
     );
+    // And counted, by outcome, on the node that refused them.
+    for outcome in ["outcome_unknown", "unavailable"] {
+        let sample = format!("roomcast_messages_not_published_total{{outcome=\"{outcome}\"}}");
+        let told = codes.iter().filter(|c| **c == outcome).count() as f64;
+        assert_eq!(nodes[0].metric(&sample).await, told, "{sample}");
+    }
     // Every message is in history exactly once, at the offset its ack gave.
     let history = nodes[1]
         .get(&format!("/rooms/{room}/messages?limit=1000"))

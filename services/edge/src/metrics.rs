@@ -64,6 +64,9 @@ pub struct Metrics {
     pub messages_received: IntCounterVec,
     pub messages_published: IntCounter,
     pub messages_deduplicated: IntCounter,
+    pub messages_not_published: IntCounterVec,
+    /// When [`Metrics::not_published`] last logged (micros since the epoch).
+    not_published_logged: Arc<std::sync::atomic::AtomicI64>,
     pub messages_delivered: IntCounter,
     pub fanout_targeted: IntCounter,
     pub messages_dropped: IntCounterVec,
@@ -175,6 +178,12 @@ impl Metrics {
                 "roomcast_presence_online_users",
                 "Users online cluster-wide (a user in two rooms counts twice), as this node reads it.",
             ),
+            messages_not_published: counter_vec(
+                "roomcast_messages_not_published_total",
+                "Publishes refused to their sender, by outcome: unavailable (nothing was stored), outcome_unknown (maybe stored: no answer in time, a broken connection, replicas not confirming).",
+                "outcome",
+            ),
+            not_published_logged: Arc::default(),
             recoveries: counter_vec(
                 "roomcast_recoveries_total",
                 "Connections that asked to recover with since, by outcome.",
@@ -245,6 +254,10 @@ impl Metrics {
             (&m.messages_received, &RECEIVED_TYPES[..]),
             (&m.messages_dropped, &DROPPED_REASONS[..]),
             (&m.recoveries, &RECOVERY_OUTCOMES[..]),
+            (
+                &m.messages_not_published,
+                &["unavailable", "outcome_unknown"][..],
+            ),
             (&m.handshakes_refused, &Refusal::LABELS[..]),
             (&m.requests_refused, &crate::gate::REFUSED_REASONS[..]),
         ] {
@@ -274,6 +287,32 @@ impl Metrics {
             .register(Box::new(BackendCounters::new(stats)))
         {
             tracing::warn!(error = %e, "backend metrics already registered");
+        }
+    }
+
+    /// Counts a publish that failed with `e`, and logs it: at most one
+    /// warning per node every 10 s, as during a Redis outage every sender
+    /// fails at once (each is told, and the counter has them all).
+    pub fn not_published(&self, e: &roomcast_core::BackendError) {
+        let outcome = if e.may_have_happened() {
+            "outcome_unknown"
+        } else {
+            "unavailable"
+        };
+        self.messages_not_published
+            .with_label_values(&[outcome])
+            .inc();
+        let now = Timestamp::now().as_micros();
+        let last = self.not_published_logged.load(Ordering::Relaxed);
+        if now - last >= 10_000_000
+            && self
+                .not_published_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, outcome, "message not published (further ones for 10 s only counted in roomcast_messages_not_published_total)");
+        } else {
+            tracing::debug!(error = %e, outcome, "message not published");
         }
     }
 

@@ -343,7 +343,7 @@ async fn publish(
         })
         .await;
     span.end();
-    let published = published?;
+    let published = published.inspect_err(|e| app.metrics.not_published(e))?;
     app.metrics
         .publish_duration
         .observe(started.elapsed().as_secs_f64());

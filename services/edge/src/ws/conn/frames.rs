@@ -304,7 +304,7 @@ impl Conn {
                 .await
             }
             Err(e) => {
-                tracing::warn!(error = %e, "message not published");
+                self.app.metrics.not_published(&e);
                 self.send_refusal(FrameRefusal::NotPublished(e), client_id, tag)
                     .await
             }

@@ -10,10 +10,12 @@ use crate::{RedisServer, free_port};
 /// The master group's name the sentinels use.
 pub const MASTER: &str = "roomcast";
 
-/// One sentinel.
+/// One sentinel. Watching a primary that requires a password, it requires
+/// the same one itself (`requirepass`, `sentinel sentinel-pass`).
 #[derive(Debug)]
 pub struct Sentinel {
     pub port: u16,
+    password: Option<String>,
     dir: PathBuf,
     child: Child,
 }
@@ -73,7 +75,9 @@ impl Sentinel {
                     dir = dir.display(),
                     primary = primary.port,
                     auth = primary.password.as_ref().map_or(String::new(), |p| {
-                        format!("sentinel auth-pass {MASTER} {p}\n")
+                        format!(
+                            "sentinel auth-pass {MASTER} {p}\nrequirepass {p}\nsentinel sentinel-pass {p}\n"
+                        )
                     }),
                 ),
             )
@@ -85,7 +89,12 @@ impl Sentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server (sentinel mode)");
-            let mut s = Sentinel { port, dir, child };
+            let mut s = Sentinel {
+                port,
+                password: primary.password.clone(),
+                dir,
+                child,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if s.child.try_wait().ok().flatten().is_some() {
@@ -105,11 +114,12 @@ impl Sentinel {
 
     /// Runs `redis-cli` against this sentinel; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 

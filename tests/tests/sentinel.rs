@@ -34,8 +34,8 @@ async fn ha(replicas: usize, rooms: usize, extra: &[(&str, &str)]) -> Ha {
     ha_with(None, replicas, rooms, extra).await
 }
 
-/// [`ha`] with Redis servers that require `password` (the edges are given
-/// it as `REDIS_PASSWORD`, the sentinels as `auth-pass`).
+/// [`ha`] with Redis servers and sentinels that require `password` (the
+/// edges are given it as `REDIS_PASSWORD` and `REDIS_SENTINEL_PASSWORD`).
 async fn ha_with(
     password: Option<&str>,
     replicas: usize,
@@ -60,6 +60,7 @@ async fn ha_with(
     ];
     if let Some(p) = password {
         shared.push(("REDIS_PASSWORD", p));
+        shared.push(("REDIS_SENTINEL_PASSWORD", p));
     }
     let presence = Edge::start_bin("roomcast-presence", &shared).await;
     presence.wait_ready().await;
@@ -320,8 +321,8 @@ async fn every_ack_delivered_once_and_stored(
 /// a port where nothing listens) die with the primary. The edges find the
 /// room's stream behind what they delivered, count it and make the room's
 /// clients resync, instead of silently dropping the new messages that
-/// reuse those offsets. (Here the Redis servers require a password, as
-/// managed ones do.)
+/// reuse those offsets. (Here the Redis servers and the sentinels require
+/// a password, as managed ones do.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_it_writes_lost_in_a_failover_are_detected_and_resynced() {
     let mut ha = ha_with(Some("s3cret:/@"), 1, 1, &[]).await;

@@ -194,9 +194,13 @@ async fn handshake(
         )
         .await;
         match verdict {
+            // The connection gets a task of its own: this one would keep
+            // the verdict and the upgrade's state (~0.5 KiB) beside it for
+            // the socket's whole life (measured with -Zprint-type-sizes).
             Ok((mut admission, slot, addr_seat)) => {
                 admission.seats.1 = addr_seat;
-                conn::run(task_app, ws, admission, slot).await
+                let tasks = task_app.tasks.clone();
+                tasks.spawn(conn::run(task_app, ws, admission, slot));
             }
             Err(refusal) => close::refuse(task_app, ws, refusal).await,
         }

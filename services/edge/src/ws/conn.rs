@@ -230,7 +230,10 @@ impl Conn {
                 _ = &mut shutdown => Err(End::Draining),
                 // A kill comes out ahead of any queued frame.
                 next = outbox.next() => match next {
-                    Next::Frame(out) => self.write_batch(out).await,
+                    // Boxed: its state (~650 bytes: the batch, the write
+                    // deadline) would otherwise widen the future every idle
+                    // connection keeps; one allocation per batch written.
+                    Next::Frame(out) => Box::pin(self.write_batch(out)).await,
                     Next::Killed(reason) => Err(End::killed(reason)),
                 },
                 msg = self.ws.next() => match msg {

@@ -234,7 +234,6 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Reads the publish script's reply (see [`PUBLISH`]).
 /// The envelope a publish that waits for replicas sends itself: the last
 /// item of the script's reply (`None` when empty: a repeat whose frame was
 /// trimmed from history).
@@ -248,6 +247,7 @@ fn envelope_of(reply: &redis::Value) -> Option<&[u8]> {
     }
 }
 
+/// Reads the publish script's reply (see [`PUBLISH`]).
 fn published(mut msg: MessageFrame, reply: redis::Value) -> Result<Published, BackendError> {
     let corrupt = |what: &str| BackendError::Corrupt(format!("publish reply: {what}"));
     let redis::Value::Array(items) = reply else {

@@ -329,9 +329,7 @@ impl Redis {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> impl Future<Output = Result<T, BackendError>> {
-        deadline(op, || {
-            BackendError::Indeterminate(format!("no answer from redis within {OP_TIMEOUT:?}"))
-        })
+        write_deadline(OP_TIMEOUT, op)
     }
 
     /// [`Redis::timed_write`] for a write that also waits for replicas:
@@ -340,15 +338,10 @@ impl Redis {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> impl Future<Output = Result<T, BackendError>> {
-        let limit = OP_TIMEOUT + self.ack.map_or(Duration::ZERO, |a| a.timeout);
-        use futures_util::FutureExt;
-        tokio::time::timeout(limit, op).map(move |r| {
-            r.unwrap_or_else(|_| {
-                Err(BackendError::Indeterminate(format!(
-                    "no answer from redis within {limit:?}"
-                )))
-            })
-        })
+        write_deadline(
+            OP_TIMEOUT + self.ack.map_or(Duration::ZERO, |a| a.timeout),
+            op,
+        )
     }
 
     /// Runs `op` with the operation deadline. A read (or a write whose
@@ -357,19 +350,30 @@ impl Redis {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> impl Future<Output = Result<T, BackendError>> {
-        deadline(op, || {
+        deadline(OP_TIMEOUT, op, || {
             BackendError::Unavailable("redis operation timed out".into())
         })
     }
 }
 
-/// `op` within [`OP_TIMEOUT`], else the error `late` makes. A combinator,
-/// not an `async fn`: no state beyond the timeout's own (these wrap every
-/// Redis call, and their futures are large already).
+/// A write's deadline: past `limit` its outcome is unknown.
+fn write_deadline<T>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, BackendError>>,
+) -> impl Future<Output = Result<T, BackendError>> {
+    deadline(limit, op, move || {
+        BackendError::Indeterminate(format!("no answer from redis within {limit:?}"))
+    })
+}
+
+/// `op` within `limit`, else the error `late` makes. A combinator, not an
+/// `async fn`: no state beyond the timeout's own (these wrap every Redis
+/// call, and their futures are large already).
 fn deadline<T>(
+    limit: Duration,
     op: impl Future<Output = Result<T, BackendError>>,
     late: impl FnOnce() -> BackendError,
 ) -> impl Future<Output = Result<T, BackendError>> {
     use futures_util::FutureExt;
-    tokio::time::timeout(OP_TIMEOUT, op).map(|r| r.unwrap_or_else(|_| Err(late())))
+    tokio::time::timeout(limit, op).map(|r| r.unwrap_or_else(|_| Err(late())))
 }

@@ -345,7 +345,10 @@ async fn a_refreshed_token_keeps_a_socket_sending_past_the_first_ones_expiry() {
         ("ROOMCAST__ROOMS__ALLOW_WEBSOCKET_AUTO_ROOMS", "true"),
     ])
     .await;
-    let short = hs256(SECRET, "dana", json!({"exp": now() + 2}));
+    // `exp` is in whole seconds and `now()` truncates: a token made with
+    // `now() + n` is valid for n-1 to n seconds. n leaves the steps before
+    // the expiry at least a second or two, and each sleep outlasts n.
+    let short = hs256(SECRET, "dana", json!({"exp": now() + 3}));
     let mut m = Client::connect(&edge.ws_url(&format!("/ws?token={short}"))).await;
     assert_eq!(m.next_of("connected").await["user_id"], "dana");
     subscribe(&mut m, "lounge", None).await;
@@ -360,7 +363,7 @@ async fn a_refreshed_token_keeps_a_socket_sending_past_the_first_ones_expiry() {
     let refreshed = m.next_of("refreshed").await;
     assert!(refreshed["expires_at"].as_u64().unwrap() > now() + 3000);
     // Past the first token's expiry, it still sends.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    tokio::time::sleep(Duration::from_millis(3600)).await;
     m.send_json(&json!({"type": "message", "room_id": "lounge", "content": "still me"}))
         .await;
     assert_eq!(m.next_of("ack").await["room_id"], "lounge");
@@ -378,11 +381,11 @@ async fn a_refreshed_token_keeps_a_socket_sending_past_the_first_ones_expiry() {
         .await;
     assert_eq!(next_error(&mut m).await["code"], "forbidden");
     // Without a refresh, a socket whose token expired cannot send.
-    let brief = hs256(SECRET, "fred", json!({"exp": now() + 1}));
+    let brief = hs256(SECRET, "fred", json!({"exp": now() + 2}));
     let mut f = Client::connect(&edge.ws_url(&format!("/ws?token={brief}"))).await;
     f.next_of("connected").await;
     subscribe(&mut f, "lounge", None).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     f.send_json(&json!({"type": "message", "room_id": "lounge", "content": "late"}))
         .await;
     assert_eq!(next_error(&mut f).await["code"], "forbidden");
